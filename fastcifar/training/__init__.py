@@ -1,0 +1,3 @@
+from fastcifar.training.trainer import Trainer
+
+__all__ = ["Trainer"]

@@ -1,0 +1,111 @@
+"""Checkpoints: written atomically, free of DDP/compile prefixes, loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fastcifar.errors import CheckpointError
+
+_PREFIXES = ("module.", "_orig_mod.")
+_NAME = re.compile(r"checkpoint_epoch(\d+)\.pt$")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and torch.compile wrappers, in any nesting."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Strip 'module.' and '_orig_mod.' wherever they lead a key (checkpoints from other tools)."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if key.startswith(p):
+                    key, changed = key[len(p):], True
+        out[key] = value
+    return out
+
+
+def model_state(model: nn.Module) -> dict:
+    return clean_state_dict(unwrap(model).state_dict())
+
+
+def load_model_state(model: nn.Module, state: dict) -> None:
+    """Strict load into a plain, compiled or DDP-wrapped model alike."""
+    unwrap(model).load_state_dict(clean_state_dict(state), strict=True)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_rng_tuple(state):
+    # weights_only loading turns tuples into lists; random.setstate wants tuples back
+    return (state[0], tuple(state[1]), state[2])
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Temp file in the same folder, fsync, then rename: a crash never leaves a half checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if isinstance(state, dict) and "rng" in state:
+        state["rng"]["python"] = _python_rng_tuple(state["rng"]["python"])
+    return state
+
+
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    return Path(run_dir) / f"checkpoint_epoch{epoch:04d}.pt"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_epoch*.pt")
+             if (m := _NAME.search(p.name))]
+    return max(found)[1] if found else None

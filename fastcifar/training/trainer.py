@@ -1,0 +1,219 @@
+"""The training loop: epochs of TrainSteps, evaluation, JSONL metrics, checkpoints and resume.
+
+It never branches on the loader backend: every loader yields ready (images, labels) batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fastcifar import config as config_lib
+from fastcifar import distributed as dist_lib
+from fastcifar.config import Config
+from fastcifar.data import load_cifar
+from fastcifar.errors import ConfigError
+from fastcifar.models import build_model
+from fastcifar.training import checkpoint as ckpt
+from fastcifar.training.engine import (TrainStep, average_buffers, build_optimizer, evaluate,
+                                       prepare_model, resolve_runtime)
+from fastcifar.training.schedule import LRSchedule
+from pipelines import build_loader
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+class Trainer:
+    def __init__(self, cfg: Config, dist: dist_lib.DistInfo | None = None):
+        self.cfg = cfg
+        self.dist = dist or dist_lib.setup(cfg.train.device)
+        self.main = self.dist.is_main
+        config_lib.validate(cfg, self.dist.world_size)
+        self.runtime = resolve_runtime(cfg.train, self.dist.device)
+        self.run_dir = Path(cfg.train.run_dir)
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+
+        train_data, test_data = self._load_data()
+        self.num_classes = train_data.num_classes
+        device, rank, world = self.dist.device, self.dist.rank, self.dist.world_size
+        self.train_loader = build_loader(cfg, "train", train_data, device, rank, world)
+        self.test_loader = build_loader(cfg, "test", test_data, device, rank, world)
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the "
+                              f"{len(train_data)} training images split over {world} rank(s)")
+
+        self.model = build_model(cfg.model.name, self.num_classes, cfg.model.shortcut)
+        self.eval_model, self.train_model = prepare_model(self.model, self.runtime, self.dist.distributed)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.step_fn = TrainStep(self.train_model, self.optimizer, self.runtime, cfg.optim.label_smoothing)
+        self.schedule = LRSchedule(cfg.optim, cfg.schedule, len(self.train_loader), cfg.train.epochs)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer updates completed
+        self.train_seconds = 0.0
+        self._prepare_run_dir()
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _load_data(self):
+        d = self.cfg.data
+        # rank 0 downloads/extracts first so ranks never race on the same files
+        if not self.main:
+            dist_lib.barrier()
+        train = load_cifar(d.dataset, d.root, "train", d.download)
+        test = load_cifar(d.dataset, d.root, "test", d.download)
+        if self.main:
+            dist_lib.barrier()
+        return train, test
+
+    def _prepare_run_dir(self) -> None:
+        latest = ckpt.latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
+        if self.cfg.train.resume:
+            if latest is None:
+                raise ConfigError(f"train.resume: no checkpoint to resume from in {self.run_dir}")
+            self.load_state(ckpt.load_checkpoint(latest, map_location=self.dist.device))
+            self.log_event({"event": "resume", "checkpoint": latest.name, "epoch": self.epoch, "step": self.step})
+            name = f"config.resume-epoch{self.epoch:04d}.yaml"
+        else:
+            if latest is not None:
+                raise ConfigError(f"train.run_dir: {self.run_dir} already holds {latest.name}; "
+                                  "pass --resume to continue it, or choose another --train.run_dir")
+            name = "config.yaml"
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_lib.save(self.cfg, self.run_dir / name)
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": ckpt.model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.step_fn.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "rng": ckpt.rng_state(),
+            "config": config_lib.to_dict(self.cfg),
+        }
+
+    def load_state(self, state: dict) -> None:
+        ckpt.load_model_state(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_fn.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.train_seconds = state.get("train_seconds", 0.0)
+        ckpt.set_rng_state(state["rng"])
+
+    def save_checkpoint(self) -> None:
+        average_buffers(self.model, self.dist.world_size)
+        if self.main:
+            ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.epoch), self.state_dict())
+
+    # ---- logging -----------------------------------------------------------------------------
+    def log_event(self, record: dict) -> None:
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "a") as f:  # appended: resumes keep history
+                f.write(json.dumps(record) + "\n")
+
+    # ---- loop --------------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        cfg, loader = self.cfg.train, self.train_loader
+        loader.set_epoch(self.epoch)
+        self.train_model.train()
+        steps = len(loader)
+        window_loss = torch.zeros((), device=self.dist.device)
+        epoch_loss = torch.zeros((), device=self.dist.device)
+        bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not (self.main and cfg.progress), leave=False, dynamic_ncols=True)
+        start = window_start = time.perf_counter()
+        window_steps = 0
+        for i, (images, labels) in enumerate(loader):
+            lr = self.schedule(self.step)
+            self.step_fn.set_lr(lr)
+            loss = self.step_fn(images, labels)
+            window_loss += loss
+            epoch_loss += loss
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
+                mean_loss = (window_loss / window_steps).item()  # the one host sync per window
+                now = time.perf_counter()
+                ips = window_steps * cfg.batch_size / (now - window_start)
+                self.log_event({"step": self.step, "epoch": self.epoch + (i + 1) / steps,
+                                "loss": mean_loss, "lr": lr, "images_per_s": ips})
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4g}", img_s=f"{ips:,.0f}")
+                window_loss.zero_()
+                window_start, window_steps = now, 0
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize(self.dist.device)
+        seconds = time.perf_counter() - start
+        bar.close()
+        epoch_loss = dist_lib.all_reduce_sum(epoch_loss) / (steps * self.dist.world_size)
+        self.train_seconds += seconds
+        return {"train_loss": epoch_loss.item(), "epoch_time_s": seconds,
+                "images_per_s": steps * cfg.batch_size / seconds}
+
+    def evaluate(self) -> dict:
+        average_buffers(self.model, self.dist.world_size)
+        self.test_loader.set_epoch(self.epoch)
+        return evaluate(self.eval_model, self.test_loader, self.runtime)
+
+    def fit(self) -> dict:
+        cfg = self.cfg.train
+        last = {}
+        while self.epoch < cfg.epochs:
+            record = self.train_epoch()
+            self.epoch += 1
+            final = self.epoch == cfg.epochs
+            if final or self.epoch % cfg.eval_every == 0:
+                record.update(self.evaluate())
+            record.update(epoch=self.epoch, step=self.step, lr=self.schedule(self.step - 1))
+            self.log_event(record)
+            if self.main:
+                acc = f", test top-1 {record['top1']:.2f}%" if "top1" in record else ""
+                print(f"epoch {self.epoch}/{cfg.epochs}: loss {record['train_loss']:.4f}, "
+                      f"{record['images_per_s']:,.0f} img/s{acc}", flush=True)
+            if final or self.epoch % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            last = record
+        summary = self.summary(last)
+        if self.main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def summary(self, last: dict) -> dict:
+        return {
+            "model": self.cfg.model.name,
+            "dataset": self.cfg.data.dataset,
+            "loader": self.cfg.loader.name,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "final_top1": last.get("top1"),
+            "final_top5": last.get("top5"),
+            "final_train_loss": last.get("train_loss"),
+            "train_seconds": self.train_seconds,
+            "world_size": self.dist.world_size,
+            "device": torch.cuda.get_device_name(self.dist.device) if self.dist.device.type == "cuda" else platform.processor() or "cpu",
+            "amp": str(self.runtime.amp_dtype).replace("torch.", "") if self.runtime.amp_dtype else "none",
+            "compile": self.runtime.compile,
+            "channels_last": self.runtime.channels_last,
+            "torch": torch.__version__,
+        }

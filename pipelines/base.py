@@ -1,0 +1,78 @@
+"""The loader contract and the registry of backends.
+
+A loader is an iterable of ``(images, labels)``: images float on the training device, normalised,
+NCHW (channels_last memory format when configured), in the agreed dtype; labels int64 on the same
+device. It has ``len()`` (batches per epoch on this rank) and ``set_epoch(epoch)``. Train loaders
+shuffle with (seed, epoch) and give every rank the same number of full batches; eval loaders give
+every image exactly once over all ranks, the last batch possibly partial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import torch
+
+from fastcifar.config import AugmentConfig, Config, LoaderConfig
+from fastcifar.data import CifarSplit
+from fastcifar.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Loader(Protocol):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything a backend needs to build one split's loader."""
+
+    data: CifarSplit
+    train: bool  # shuffle, augment, drop the last partial batch
+    batch_size: int  # per rank
+    augment: AugmentConfig
+    loader: LoaderConfig
+    device: torch.device  # the training device
+    channels_last: bool
+    dtype: torch.dtype
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+
+LOADERS: dict[str, Callable[[LoaderSpec], Loader]] = {}
+
+
+def register_loader(name: str):
+    def wrap(factory):
+        LOADERS[name] = factory
+        return factory
+
+    return wrap
+
+
+def build_loader(cfg: Config, split: str, data: CifarSplit, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> Loader:
+    if cfg.loader.name not in LOADERS:
+        raise ConfigError(f"loader.name: unknown loader {cfg.loader.name!r} (valid: {', '.join(LOADERS)})")
+    train = split == "train"
+    global_batch = cfg.train.batch_size if train else cfg.loader.eval_batch_size
+    spec = LoaderSpec(
+        data=data, train=train, batch_size=max(1, global_batch // world_size),
+        augment=cfg.augment, loader=cfg.loader, device=torch.device(device),
+        channels_last=cfg.train.channels_last, dtype=DTYPES[cfg.loader.dtype],
+        seed=cfg.train.seed, rank=rank, world_size=world_size,
+    )
+    return LOADERS[cfg.loader.name](spec)
+
+
+def to_model_input(images: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:
+    """NCHW images on the device in the agreed dtype and memory format."""
+    fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
+    return images.to(spec.device, dtype=spec.dtype, memory_format=fmt, non_blocking=True)

@@ -1,0 +1,43 @@
+"""Which images each rank sees, shared by every backend so they shuffle and shard identically."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler
+
+
+class _Range:
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def train_indices(n: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:
+    """This rank's shuffled indices for an epoch: torch's DistributedSampler, tail dropped so
+    every rank gets n // world_size images."""
+    sampler = DistributedSampler(_Range(n), num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def train_steps(n: int, local_batch: int, world_size: int) -> int:
+    """Steps per epoch, the same on every rank: the last partial batch is dropped."""
+    return (n // world_size) // local_batch
+
+
+def eval_indices(n: int, rank: int, world_size: int) -> list[int]:
+    """Every image exactly once over all ranks, in order; ranks may differ by one image."""
+    return list(range(rank, n, world_size))
+
+
+def batch_key(seed: int, epoch: int, rank: int, step: int) -> int:
+    """A seed for one batch's augmentation draws, independent of workers and of resuming."""
+    return int(np.random.SeedSequence([seed, epoch, rank, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def index_tensor(indices: list[int], device) -> torch.Tensor:
+    return torch.as_tensor(indices, dtype=torch.int64, device=device)

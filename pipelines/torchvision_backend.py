@@ -1,0 +1,103 @@
+"""Backend 'torchvision': a DataLoader with CPU workers and torchvision transforms, the usual
+setup and the point of comparison for the GPU backends.
+
+Each batch's augmentation draws are seeded from (seed, epoch, rank, step), so they do not depend
+on the number of workers, and a resumed run sees the same augmented images as an unbroken one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms as T
+
+from pipelines.base import LoaderSpec, register_loader, to_model_input
+from pipelines.sharding import batch_key, eval_indices, train_indices, train_steps
+
+
+def build_transform(spec: LoaderSpec):
+    """uint8 CHW tensor -> normalised float CHW tensor, with the train augmentations."""
+    a = spec.augment
+    steps = []
+    if spec.train and a.crop_padding > 0:
+        steps.append(T.RandomCrop(32, padding=a.crop_padding, fill=0))
+    if spec.train and a.flip_p > 0:
+        steps.append(T.RandomHorizontalFlip(a.flip_p))
+    steps += [T.ConvertImageDtype(torch.float32), T.Normalize(a.mean, a.std)]
+    if spec.train and a.erase_p > 0:
+        steps.append(T.RandomErasing(a.erase_p, tuple(a.erase_scale), tuple(a.erase_ratio), a.erase_value))
+    return T.Compose(steps)
+
+
+class AugmentedCifar(Dataset):
+    """Fetches whole batches (``__getitems__``) so one seed covers one batch's draws."""
+
+    def __init__(self, spec: LoaderSpec):
+        self.images = torch.from_numpy(spec.data.images).permute(0, 3, 1, 2)  # CHW views
+        self.labels = torch.from_numpy(spec.data.labels)
+        self.transform = build_transform(spec)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+    def __getitems__(self, batch):
+        key, indices = batch
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            return [(self.transform(self.images[i]), self.labels[i]) for i in indices]
+
+
+class EpochBatchSampler(Sampler):
+    """Yields (seed key, indices) per batch from the shared sharding rules."""
+
+    def __init__(self, spec: LoaderSpec):
+        self.spec, self.epoch = spec, 0
+        n, s = len(spec.data), spec
+        self.steps = (train_steps(n, s.batch_size, s.world_size) if s.train
+                      else -(-len(eval_indices(n, s.rank, s.world_size)) // s.batch_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        s, n = self.spec, len(self.spec.data)
+        if s.train:
+            indices = train_indices(n, s.seed, self.epoch, s.rank, s.world_size)
+        else:
+            indices = eval_indices(n, s.rank, s.world_size)
+        for step in range(self.steps):
+            key = batch_key(s.seed, self.epoch, s.rank, step)
+            yield key, indices[step * s.batch_size:(step + 1) * s.batch_size]
+
+
+class TorchvisionLoader:
+    def __init__(self, spec: LoaderSpec):
+        self.spec = spec
+        self.sampler = EpochBatchSampler(spec)
+        workers = spec.loader.workers
+        self.dataloader = DataLoader(
+            AugmentedCifar(spec), batch_sampler=self.sampler, num_workers=workers,
+            pin_memory=spec.device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for images, labels in self.dataloader:
+            yield to_model_input(images, self.spec), labels.to(self.spec.device, non_blocking=True)
+
+
+@register_loader("torchvision")
+def build_torchvision(spec: LoaderSpec) -> TorchvisionLoader:
+    return TorchvisionLoader(spec)

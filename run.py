@@ -1,0 +1,40 @@
+"""Train a CIFAR ResNet: python run.py CONFIG [--section.key=value ...] [--resume]
+
+Under several GPUs or nodes: torchrun --nproc_per_node=8 run.py configs/resnet1202.yml
+"""
+
+import sys
+
+USAGE = """usage: run.py CONFIG.yml [--section.key=value ...] [--resume]
+
+Trains the model that CONFIG.yml describes; each --section.key=value overrides one key.
+--resume continues train.run_dir from its latest checkpoint.
+
+Keys and defaults:
+"""
+
+
+def main(argv: list[str]) -> int:
+    from fastcifar import config, distributed
+    from fastcifar.errors import FastcifarError
+
+    if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
+        print(USAGE + config.help_text())
+        return 0 if argv else 2
+    path, rest = argv[0], argv[1:]
+    overrides = ["--train.resume=true" if a == "--resume" else a for a in rest]
+    try:
+        cfg = config.load(path, overrides, world_size=distributed.world_size_from_env())
+        from fastcifar.training import Trainer
+
+        Trainer(cfg).fit()
+    except FastcifarError as e:
+        print(f"run.py: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
