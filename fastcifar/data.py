@@ -134,7 +134,7 @@ def download_archive(root: Path, spec: CifarSpec, url: str | None = None) -> Pat
         part.unlink(missing_ok=True)
         raise DataError(
             f"{spec.name} not found under {root} and the download failed: {e}; "
-            f"place {spec.archive} (or an extracted {spec.folder}/) there"
+            f"place {spec.archive} there (or its extracted {spec.folder}/)"
         ) from None
     digest = _md5(part)
     if digest != spec.md5:

@@ -100,10 +100,11 @@ def check_model_name(name: str) -> int:
             f"model.name: unknown model {name!r} (valid: {', '.join(MODELS)}, or resnet<6n+2>)"
         )
     depth = int(match.group(1))
-    try:
-        blocks_per_stage(depth)
-    except ConfigError as e:
-        raise ConfigError(f"model.name: {name!r}: {e}") from None
+    if depth < 8 or (depth - 2) % 6:
+        raise ConfigError(
+            f"model.name: {name!r} has depth {depth}, which is not 6n+2 with n >= 1 "
+            f"(valid: {', '.join(MODELS)}, or resnet<6n+2> such as resnet8, resnet14)"
+        )
     return depth
 
 

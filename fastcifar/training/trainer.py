@@ -37,7 +37,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
 
 
@@ -68,6 +68,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer updates completed
         self.train_seconds = 0.0
+        self.first_step_seconds = None  # of this process: compile time shows here
         self._prepare_run_dir()
 
     # ---- setup -------------------------------------------------------------------------------
@@ -148,6 +149,10 @@ class Trainer:
             lr = self.schedule(self.step)
             self.step_fn.set_lr(lr)
             loss = self.step_fn(images, labels)
+            if self.first_step_seconds is None:  # compile and autotuning land here: timed apart
+                if self.dist.device.type == "cuda":
+                    torch.cuda.synchronize(self.dist.device)
+                self.first_step_seconds = time.perf_counter() - start
             window_loss += loss
             epoch_loss += loss
             self.step += 1
@@ -176,17 +181,23 @@ class Trainer:
         self.test_loader.set_epoch(self.epoch)
         return evaluate(self.eval_model, self.test_loader, self.runtime)
 
-    def fit(self) -> dict:
+    def fit(self, on_epoch_end=None) -> dict:
+        """Train to train.epochs. on_epoch_end(record), if given, sees each epoch's record."""
         cfg = self.cfg.train
         last = {}
+        start = time.perf_counter()
         while self.epoch < cfg.epochs:
             record = self.train_epoch()
             self.epoch += 1
             final = self.epoch == cfg.epochs
             if final or self.epoch % cfg.eval_every == 0:
                 record.update(self.evaluate())
-            record.update(epoch=self.epoch, step=self.step, lr=self.schedule(self.step - 1))
+            record.update(epoch=self.epoch, step=self.step, lr=self.schedule(self.step - 1),
+                          train_seconds=self.train_seconds,
+                          wall_seconds=time.perf_counter() - start)  # this process, eval included
             self.log_event(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
             if self.main:
                 acc = f", test top-1 {record['top1']:.2f}%" if "top1" in record else ""
                 print(f"epoch {self.epoch}/{cfg.epochs}: loss {record['train_loss']:.4f}, "
@@ -210,6 +221,7 @@ class Trainer:
             "final_top5": last.get("top5"),
             "final_train_loss": last.get("train_loss"),
             "train_seconds": self.train_seconds,
+            "first_step_seconds": self.first_step_seconds,
             "world_size": self.dist.world_size,
             "device": torch.cuda.get_device_name(self.dist.device) if self.dist.device.type == "cuda" else platform.processor() or "cpu",
             "amp": str(self.runtime.amp_dtype).replace("torch.", "") if self.runtime.amp_dtype else "none",

@@ -1,0 +1,113 @@
+"""Shared fixtures: small synthetic CIFAR sets in every layout, the real copy when present, and
+tiny training configs."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastcifar import config as config_lib
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FASTCIFAR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def synthetic_arrays(n: int, num_classes: int = 10, seed: int = 0, learnable: bool = True):
+    """uint8 NHWC images and int64 labels; with `learnable`, each class has its own colour and
+    stripe, so a tiny ResNet's loss falls within an epoch or two."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % num_classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    if learnable:
+        colours = rng.integers(0, 256, size=(num_classes, 3))
+        base = (images.astype(np.int32) // 4) + (colours[labels][:, None, None, :] * 3 // 4)
+        for c in range(num_classes):
+            base[labels == c, (c * 3) % 32: (c * 3) % 32 + 3, :, :] = 255
+        images = base.clip(0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_npz(root: Path, dataset: str, n_train: int, n_test: int, num_classes: int = 10, seed: int = 0):
+    (root / dataset).mkdir(parents=True, exist_ok=True)
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, labels = synthetic_arrays(n, num_classes, s)
+        np.savez(root / dataset / f"{split}.npz", images=images, labels=labels)
+    return root
+
+
+def official_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes) -> bytes:
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    return pickle.dumps({b"data": data, label_key: labels.tolist(), b"batch_label": b"synthetic"})
+
+
+def write_official(root: Path, dataset: str, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """The extracted official python layout, with tiny batches."""
+    from fastcifar.data import SPECS
+
+    spec = SPECS[dataset]
+    folder = root / spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, labels = synthetic_arrays(n, spec.num_classes, s)
+        files = spec.files[split]
+        for i, name in enumerate(files):
+            part = slice(i * n // len(files), (i + 1) * n // len(files))
+            (folder / name).write_bytes(official_batch(images[part], labels[part], spec.label_key))
+    return folder
+
+
+def write_archive(root: Path, dataset: str, n_train: int, n_test: int) -> Path:
+    from fastcifar.data import SPECS
+
+    spec = SPECS[dataset]
+    staging = root / "_staging"
+    folder = write_official(staging, dataset, n_train, n_test)
+    archive = root / spec.archive
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=spec.folder)
+    return archive
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """CIFAR-10-shaped npz data: 640 train and 200 test images, learnable."""
+    return write_npz(tmp_path_factory.mktemp("synthetic"), "cifar10", 640, 200)
+
+
+@pytest.fixture(scope="session")
+def real_cifar_root(tmp_path_factory) -> Path:
+    """The real CIFAR-10 copy from ../shared/data, prepared as npz and official layout."""
+    prepare = SHARED_DATA / "prepare.py"
+    if not prepare.is_file():
+        pytest.skip(f"real CIFAR-10 copy not present ({prepare} not found)")
+    dest = tmp_path_factory.mktemp("real_cifar")
+    subprocess.run([sys.executable, str(prepare), str(dest), "--official"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return dest
+
+
+def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
+    """A fast CPU training setup: resnet8, fp32 eager, small batches, no warm-up."""
+    values = {
+        "model.name": "resnet8", "data.root": str(root), "data.download": False,
+        "loader.workers": 0, "loader.eval_batch_size": 100,
+        "optim.lr": 0.05, "schedule.warmup_epochs": 0, "schedule.milestones": "[]",
+        "train.epochs": 2, "train.batch_size": 64, "train.device": "cpu",
+        "train.amp": "none", "train.compile": "false", "train.log_every": 2,
+        "train.run_dir": str(run_dir), "train.progress": False, "train.checkpoint_every": 1,
+    }
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def tiny_config(root: Path, run_dir: Path, world_size: int = 1, **extra) -> config_lib.Config:
+    return config_lib.load(REPO / "configs" / "resnet20.yml", tiny_overrides(root, run_dir, **extra), world_size)

@@ -1,0 +1,120 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastcifar import config as config_lib
+from fastcifar.config import Config
+from fastcifar.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yml"))
+
+
+def load(*overrides, world_size=1):
+    return config_lib.load(REPO / "configs" / "resnet20.yml", list(overrides), world_size)
+
+
+def error_of(*overrides, world_size=1) -> str:
+    with pytest.raises(ConfigError) as e:
+        load(*overrides, world_size=world_size)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+def test_every_config_file_loads_and_mirrors_the_dataclasses():
+    assert {p.stem for p in CONFIGS} >= {f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)}
+    defaults = config_lib.to_dict(Config())
+    for path in CONFIGS:
+        cfg = config_lib.load(path)
+        tree = __import__("yaml").safe_load(path.read_text())
+        for section, keys in defaults.items():
+            assert set(tree[section]) == set(keys), f"{path.name}: section {section} keys differ"
+        assert cfg.model.name == path.stem
+
+
+def test_seed_recipe_values():
+    cfg = load()
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 1e-4)
+    assert cfg.train.batch_size == 128 and cfg.train.epochs == 200
+    assert cfg.schedule.name == "multistep" and cfg.schedule.milestones == (100.0, 150.0)
+    assert cfg.schedule.warmup_epochs == 10 and cfg.schedule.warmup_start_lr == 1e-5
+    assert cfg.optim.label_smoothing == 0.1
+    assert cfg.augment.crop_padding == 4 and cfg.augment.flip_p == 0.5 and cfg.augment.erase_p > 0
+
+
+def test_overrides_are_typed():
+    cfg = load("--train.epochs=3", "--optim.lr=1e-3", "--optim.nesterov=true",
+               "--schedule.name=cosine", "--schedule.milestones=[5, 7]", "--loader.name=torchvision")
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 1e-3 and cfg.optim.nesterov is True
+    assert cfg.schedule.milestones == (5.0, 7.0)
+    with pytest.raises(Exception):  # frozen
+        cfg.train.epochs = 4
+
+
+@pytest.mark.parametrize("override,key", [
+    ("--train.epochz=3", "train.epochz"),
+    ("--bogus.key=1", "bogus"),
+    ("--train.epochs=ten", "train.epochs"),
+    ("--train.epochs=2.5", "train.epochs"),
+    ("--optim.nesterov=maybe", "optim.nesterov"),
+    ("--optim.lr=-0.1", "optim.lr"),
+    ("--train.batch_size=0", "train.batch_size"),
+    ("--loader.name=ffcv", "loader.name"),
+    ("--train.amp=fp8", "train.amp"),
+    ("--model.name=resnet21", "resnet21"),
+    ("--augment.erase_scale=[0.5, 0.1]", "augment.erase_scale"),
+    ("--augment.flip_p=1.5", "augment.flip_p"),
+    ("--schedule.milestones=[150, 100]", "schedule.milestones"),
+    ("--data.dataset=mnist", "data.dataset"),
+])
+def test_bad_values_name_the_key(override, key):
+    assert key in error_of(override)
+
+
+def test_batch_size_must_divide_by_world_size():
+    message = error_of("--train.batch_size=128", world_size=3)
+    assert "train.batch_size" in message and "world size (3)" in message
+    assert load("--train.batch_size=129", world_size=3).train.batch_size == 129
+
+
+def test_unknown_key_in_file_and_bad_file(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("train:\n  epochs: 1\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key train\.lr"):
+        config_lib.load(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        config_lib.load(tmp_path / "missing.yml")
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config_lib.load(bad)
+    with pytest.raises(ConfigError, match="--section.key=value"):
+        config_lib.load(None, ["--epochs"])
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load("--train.epochs=7", "--augment.erase_p=0.25")
+    config_lib.save(cfg, tmp_path / "config.yaml")
+    assert config_lib.load(tmp_path / "config.yaml") == cfg
+
+
+def test_help_lists_every_key_with_default():
+    text = config_lib.help_text()
+    for section, keys in config_lib.to_dict(Config()).items():
+        for key in keys:
+            assert f"--{section}.{key}=" in text
+
+
+def test_run_py_errors_are_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "run.py", "configs/resnet20.yml", "--train.epochs=-1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.epochs" in lines[0], result.stderr
+    help_run = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+    assert help_run.returncode == 0 and "--optim.lr=" in help_run.stdout

@@ -1,0 +1,69 @@
+"""DDP on CPU: two gloo processes, as torchrun would start them."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, root: str, out: str):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from fastcifar import config, distributed
+    from fastcifar.training import Trainer
+    from fastcifar.training.checkpoint import model_state
+
+    cfg = config.load(REPO / "configs" / "resnet20.yml",
+                      tiny_overrides(Path(root), Path(out) / "run", **{"train.batch_size": 64}), world)
+    trainer = Trainer(cfg)
+    seen = [list(indices) for _key, indices in trainer.train_loader.sampler]  # epoch 0's shard
+    trainer.fit()
+    torch.save({"model": model_state(trainer.model), "seen": seen, "steps": trainer.step},
+               Path(out) / f"rank{rank}.pt")
+    distributed.cleanup()
+
+
+def test_two_process_gloo_ddp(synthetic_root, tmp_path):
+    world = 2
+    mp.spawn(_rank_main, args=(world, free_port(), str(synthetic_root), str(tmp_path)), nprocs=world)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2 * (640 // world // 32)
+    for key, value in ranks[0]["model"].items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(value, ranks[1]["model"][key]), f"{key} differs between ranks"
+    shards = [{i for batch in r["seen"] for i in batch} for r in ranks]
+    assert not shards[0] & shards[1], "shards overlap"
+    assert len(shards[0] | shards[1]) == 640, "shards do not cover the data set"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["final_top1"] is not None
+
+
+def test_torchrun_cli_two_processes(synthetic_root, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+         str(free_port()), "run.py", "configs/resnet20.yml",
+         *tiny_overrides(synthetic_root, run_dir, **{"train.epochs": 1})],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "checkpoint_epoch0001.pt").is_file() and (run_dir / "config.yaml").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+    assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 prints

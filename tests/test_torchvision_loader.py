@@ -1,0 +1,164 @@
+"""The torchvision backend: the loader contract and its augmentation statistics."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_arrays
+
+from fastcifar.config import AugmentConfig, Config, LoaderConfig, TrainConfig
+from fastcifar.data import CifarSplit
+from pipelines import build_loader
+from pipelines.sharding import train_indices
+
+IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # outputs are x / 255
+OFF = dict(crop_padding=0, flip_p=0.0, erase_p=0.0)
+
+
+def make_cfg(batch=32, workers=0, **augment) -> Config:
+    return Config(
+        augment=AugmentConfig(**augment),
+        loader=LoaderConfig(name="torchvision", workers=workers, eval_batch_size=48),
+        train=TrainConfig(batch_size=batch, device="cpu", seed=3),
+    )
+
+
+def split(n=256, seed=0) -> CifarSplit:
+    images, labels = synthetic_arrays(n, 10, seed, learnable=False)
+    return CifarSplit(images, labels, 10)
+
+
+def batches(cfg, data, which="train", epoch=0, rank=0, world=1):
+    loader = build_loader(cfg, which, data, torch.device("cpu"), rank, world)
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def test_contract_shapes_dtype_memory_format():
+    data = split(200)
+    cfg = make_cfg(batch=32)
+    out = batches(cfg, data)
+    assert len(out) == 200 // 32 == len(build_loader(cfg, "train", data, "cpu"))
+    images, labels = out[0]
+    assert images.shape == (32, 3, 32, 32) and images.dtype == torch.float32
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert labels.dtype == torch.int64
+    cfg16 = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, dtype="bfloat16"),
+                                train=dataclasses.replace(cfg.train, channels_last=False))
+    images16, _ = batches(cfg16, data)[0]
+    assert images16.dtype == torch.bfloat16 and images16.is_contiguous()
+
+
+def test_no_augmentation_is_plain_normalisation_in_sampler_order():
+    data = split(128)
+    cfg = make_cfg(**OFF)
+    order = train_indices(128, seed=3, epoch=5, rank=0, world_size=1)
+    images, labels = torch.cat([b[0] for b in batches(cfg, data, epoch=5)]), torch.cat([b[1] for b in batches(cfg, data, epoch=5)])
+    mean = torch.tensor(cfg.augment.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.augment.std).view(1, 3, 1, 1)
+    expected = (torch.from_numpy(data.images[order]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    torch.testing.assert_close(images, expected, atol=1e-6, rtol=0)
+    assert labels.tolist() == data.labels[order].tolist()
+
+
+def test_shuffle_depends_on_seed_and_epoch_only():
+    data = split(128)
+    cfg = make_cfg()
+    a = batches(cfg, data, epoch=1)
+    b = batches(cfg, data, epoch=1)
+    c = batches(cfg, data, epoch=2)
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])
+
+
+def test_workers_do_not_change_the_batches():
+    data = split(128)
+    serial = batches(make_cfg(workers=0), data, epoch=4)
+    parallel = batches(make_cfg(workers=2), data, epoch=4)
+    for (x0, y0), (x1, y1) in zip(serial, parallel, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_train_shards_are_disjoint_complete_and_equal_length():
+    n, world = 250, 2
+    shards = [train_indices(n, 3, 0, r, world) for r in range(world)]
+    assert len(shards[0]) == len(shards[1]) == n // world
+    assert not set(shards[0]) & set(shards[1])
+    assert len(set(shards[0]) | set(shards[1])) == n - n % world
+    data = split(n)
+    cfg = make_cfg(batch=64)  # 32 per rank
+    steps = [len(batches(cfg, data, rank=r, world=world)) for r in range(world)]
+    assert steps == [(n // world) // 32] * world
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_eval_sees_every_image_once(world):
+    n = 101
+    images = np.zeros((n, 32, 32, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(n)  # the index, readable back after normalisation
+    data = CifarSplit(images, np.arange(n) % 10, 10)
+    cfg = make_cfg(**IDENTITY)
+    seen = []
+    for rank in range(world):
+        for x, y in batches(cfg, data, "test", rank=rank, world=world):
+            seen += (x[:, 0, 0, 0] * 255).round().long().tolist()
+            assert torch.equal(y, torch.tensor(seen[-len(y):]) % 10)
+    assert sorted(seen) == list(range(n))
+
+
+def test_crop_offsets_are_uniform_in_pad_range():
+    n = 400
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, size=(n, 32, 32, 3), dtype=np.uint8)  # no zeros: padding shows
+    data = CifarSplit(images, np.zeros(n, np.int64), 10)
+    cfg = make_cfg(batch=50, crop_padding=4, flip_p=0.0, erase_p=0.0, **IDENTITY)
+    counts = np.zeros((9, 9))
+    for epoch in range(3):
+        order = train_indices(n, 3, epoch, 0, 1)
+        out = torch.cat([b[0] for b in batches(cfg, data, epoch=epoch)])
+        out = (out * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for img, idx in zip(out, order):
+            padded = np.pad(images[idx], ((4, 4), (4, 4), (0, 0)))
+            hits = [(dy, dx) for dy in range(9) for dx in range(9)
+                    if np.array_equal(padded[dy:dy + 32, dx:dx + 32], img)]
+            assert len(hits) == 1, "each output is exactly one shifted, zero-padded input"
+            counts[hits[0]] += 1
+    expected = counts.sum() / 81
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 124.84  # chi-square, 80 degrees of freedom, p = 0.001
+
+
+def test_flip_rate_and_exact_mirror():
+    n = 512
+    data = split(n)
+    cfg = make_cfg(batch=64, crop_padding=0, flip_p=0.5, erase_p=0.0, **IDENTITY)
+    order = train_indices(n, 3, 0, 0, 1)
+    out = torch.cat([b[0] for b in batches(cfg, data)])
+    src = torch.from_numpy(data.images[order]).permute(0, 3, 1, 2).float() / 255
+    same = (out == src).flatten(1).all(1)
+    mirrored = (out == src.flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all()
+    assert 0.42 < mirrored.float().mean().item() < 0.58  # 512 draws: 3.6 sigma
+
+
+def test_erasing_rate_area_ratio_and_fill():
+    n, p, fill = 600, 0.5, 7.0  # a fill no normalised pixel reaches
+    data = split(n)
+    scale, ratio = (0.05, 0.3), (0.5, 2.0)
+    cfg = make_cfg(batch=100, crop_padding=0, flip_p=0.0, erase_p=p, erase_scale=scale,
+                   erase_ratio=ratio, erase_value=fill, **IDENTITY)
+    out = torch.cat([b[0] for b in batches(cfg, data)])
+    erased = 0
+    for img in out:
+        mask = (img == fill).all(0)
+        if not mask.any():
+            continue
+        erased += 1
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert rows[-1] - rows[0] + 1 == h and cols[-1] - cols[0] + 1 == w
+        assert mask.sum() == h * w, "one filled rectangle"
+        assert scale[0] * 1024 * 0.8 <= h * w <= scale[1] * 1024 * 1.2  # rounding of h and w
+        assert ratio[0] * 0.7 <= h / w <= ratio[1] * 1.4
+    assert 0.43 < erased / n < 0.57

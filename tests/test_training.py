@@ -1,0 +1,185 @@
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import tiny_config
+
+from fastcifar import config as config_lib
+from fastcifar.errors import CheckpointError, ConfigError
+from fastcifar.models import build_model
+from fastcifar.training import Trainer
+from fastcifar.training import checkpoint as ckpt
+from fastcifar.training.engine import TrainStep, build_optimizer, resolve_runtime
+from fastcifar.training.schedule import LRSchedule
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_loss_falls_and_writes_outputs(synthetic_root, tmp_path):
+    cfg = tiny_config(synthetic_root, tmp_path / "run", train__epochs=3)
+    summary = Trainer(cfg).fit()
+    epochs = [r for r in records(tmp_path / "run") if "train_loss" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[-1]["train_loss"] < 0.8 * epochs[0]["train_loss"]
+    assert all(0 <= r["top1"] <= 100 and r["test_images"] == 200 for r in epochs)
+    steps = [r for r in records(tmp_path / "run") if "loss" in r]
+    assert steps and all({"step", "epoch", "loss", "lr", "images_per_s"} <= set(r) for r in steps)
+    assert summary["epochs"] == 3 and summary["final_top1"] == epochs[-1]["top1"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    assert config_lib.load(tmp_path / "run" / "config.yaml") == cfg
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "checkpoint_epoch0003.pt"
+
+
+def final_weights(run_dir):
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_deterministic_runs_give_identical_weights(synthetic_root, tmp_path):
+    for name in ("a", "b"):
+        Trainer(tiny_config(synthetic_root, tmp_path / name, train__deterministic=True)).fit()
+    assert_same_weights(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights(synthetic_root, tmp_path):
+    extra = dict(train__epochs=3, train__deterministic=True, schedule__name="cosine",
+                 augment__erase_p=0.5)
+    Trainer(tiny_config(synthetic_root, tmp_path / "whole", **extra)).fit()
+
+    def kill_in_epoch_two(record):
+        if record["epoch"] == 2:  # before epoch 2's checkpoint: resumes from epoch 1
+            raise Killed
+
+    with pytest.raises(Killed):
+        Trainer(tiny_config(synthetic_root, tmp_path / "broken", **extra)).fit(kill_in_epoch_two)
+    assert ckpt.latest_checkpoint(tmp_path / "broken").name == "checkpoint_epoch0001.pt"
+    with pytest.raises(ConfigError, match="--resume"):  # never silently overwrite a run
+        Trainer(tiny_config(synthetic_root, tmp_path / "broken", **extra))
+    resumed = Trainer(tiny_config(synthetic_root, tmp_path / "broken", train__resume=True, **extra))
+    assert (resumed.epoch, resumed.step) == (1, 10)
+    resumed.fit()
+    assert_same_weights(final_weights(tmp_path / "whole"), final_weights(tmp_path / "broken"))
+    log = records(tmp_path / "broken")
+    assert any(r.get("event") == "resume" for r in log)
+    assert [r["epoch"] for r in log if "train_loss" in r] == [1, 2, 2, 3]  # appended, not overwritten
+    assert (tmp_path / "broken" / "config.resume-epoch0001.yaml").is_file()
+
+
+def test_resume_without_checkpoint_is_a_clear_error(synthetic_root, tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint to resume from"):
+        Trainer(tiny_config(synthetic_root, tmp_path / "empty", train__resume=True))
+
+
+def test_checkpoint_is_atomic_prefix_free_and_weights_only(tmp_path):
+    model = build_model("resnet8")
+    path = tmp_path / "c.pt"
+    ckpt.save_checkpoint(path, {"model": ckpt.model_state(torch.compile(model))})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+    state = ckpt.load_checkpoint(path)["model"]
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="could not be read"):
+        ckpt.load_checkpoint(path)
+
+
+@pytest.fixture
+def single_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_checkpoint_loads_into_plain_compiled_and_ddp_models(single_process_group):
+    torch.manual_seed(1)
+    source = build_model("resnet8")
+    state = ckpt.model_state(source)
+    prefixed = {f"module._orig_mod.{k}": v for k, v in state.items()}  # as other tools save
+    x = torch.randn(2, 3, 32, 32)
+    expected = source.eval()(x)
+    targets = {
+        "plain": build_model("resnet8"),
+        "compiled": torch.compile(build_model("resnet8")),
+        "ddp": torch.nn.parallel.DistributedDataParallel(build_model("resnet8")),
+    }
+    for name, target in targets.items():
+        for saved in (state, prefixed):
+            ckpt.load_model_state(target, saved)
+            torch.testing.assert_close(ckpt.unwrap(target).eval()(x), expected, msg=name)
+    with pytest.raises(RuntimeError):  # strict: a wrong architecture is refused
+        ckpt.load_model_state(build_model("resnet14"), state)
+
+
+def test_schedule_shapes():
+    from fastcifar.config import OptimConfig, ScheduleConfig
+
+    optim = OptimConfig(lr=0.1)
+    multi = LRSchedule(optim, ScheduleConfig(warmup_epochs=2, warmup_start_lr=0.0, milestones=(4, 6)), 10, 8)
+    assert multi(0) == 0.0 and multi(10) == pytest.approx(0.05) and multi(20) == pytest.approx(0.1)
+    assert multi(39) == pytest.approx(0.1) and multi(40) == pytest.approx(0.01) and multi(79) == pytest.approx(0.001)
+    cos = LRSchedule(optim, ScheduleConfig(name="cosine", warmup_epochs=0, final_lr=0.0), 10, 10)
+    assert cos(0) == pytest.approx(0.1) and cos(50) == pytest.approx(0.05) and cos(100) == pytest.approx(0.0)
+    one = LRSchedule(optim, ScheduleConfig(name="onecycle", warmup_epochs=2, warmup_start_lr=0.0), 10, 10)
+    assert one(10) == pytest.approx(0.05) and one(20) == pytest.approx(0.1) and one(60) == pytest.approx(0.05)
+
+
+def test_no_weight_decay_for_bn_and_bias():
+    from fastcifar.config import OptimConfig
+
+    model = build_model("resnet8")
+    groups = build_optimizer(model, OptimConfig(no_wd_bn_bias=True)).param_groups
+    n_bn_and_bias = sum(1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)) * 2 + 1
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
+    assert len(groups[1]["params"]) == n_bn_and_bias
+    assert len(build_optimizer(model, OptimConfig()).param_groups) == 1
+
+
+@pytest.mark.slow
+def test_compile_smoke_matches_eager():
+    """One small torch.compile training step on CPU gives the eager step's loss."""
+    from fastcifar.config import TrainConfig
+
+    runtime = resolve_runtime(TrainConfig(device="cpu", amp="none", compile="false"), torch.device("cpu"))
+    compiled_rt = resolve_runtime(TrainConfig(device="cpu", amp="none", compile="true"), torch.device("cpu"))
+    assert not runtime.compile and compiled_rt.compile
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    losses = []
+    for rt in (runtime, compiled_rt):
+        torch.manual_seed(0)
+        model = build_model("resnet8")
+        net = torch.compile(model) if rt.compile else model
+        step = TrainStep(net, build_optimizer(model, config_lib.OptimConfig()), rt)
+        losses.append([step(x, y).item() for _ in range(2)])
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-4, atol=1e-4)
+
+
+def test_fp16_on_cpu_is_refused():
+    from fastcifar.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="train.amp"):
+        resolve_runtime(TrainConfig(amp="fp16"), torch.device("cpu"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_channels_last_compile_step(synthetic_root, tmp_path):
+    cfg = tiny_config(synthetic_root, tmp_path / "cuda", train__device="cuda", train__amp="bf16",
+                      train__compile="true", train__channels_last=True, train__epochs=2)
+    trainer = Trainer(cfg)
+    assert trainer.runtime.amp_dtype == torch.bfloat16 and trainer.runtime.compile
+    epochs = []
+    trainer.fit(epochs.append)
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
