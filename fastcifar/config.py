@@ -296,5 +296,7 @@ def help_text() -> str:
             choices = CHOICES.get(f"{section}.{key}")
             kind_name = "list" if typing.get_origin(kind) is tuple else kind.__name__
             extra = f"  one of: {', '.join(choices)}" if choices else ""
-            lines.append(f"  --{section}.{key}={defaults[section][key]!r}  ({kind_name}){extra}")
+            value = yaml.safe_dump(defaults[section][key], default_flow_style=True).strip()
+            value = value.removesuffix("...").strip()  # safe_dump ends bare scalars with '...'
+            lines.append(f"  --{section}.{key}={value}  ({kind_name}){extra}")
     return "\n".join(lines)
