@@ -13,6 +13,7 @@ from fastcifar.training import Trainer
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training.engine import TrainStep, build_optimizer, resolve_runtime
 from fastcifar.training.schedule import LRSchedule
+from pipelines import LOADERS
 
 
 def records(run_dir):
@@ -32,6 +33,15 @@ def test_tiny_run_loss_falls_and_writes_outputs(synthetic_root, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
     assert config_lib.load(tmp_path / "run" / "config.yaml") == cfg
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "checkpoint_epoch0003.pt"
+
+
+@pytest.mark.parametrize("backend", [n for n in ("torch-gpu", "dali") if n in LOADERS])
+def test_loss_falls_on_every_backend(synthetic_root, tmp_path, backend):
+    cfg = tiny_config(synthetic_root, tmp_path / backend, loader__name=backend, loader__device="cpu",
+                      train__epochs=3)
+    epochs = []
+    Trainer(cfg).fit(epochs.append)
+    assert epochs[-1]["train_loss"] < 0.8 * epochs[0]["train_loss"]
 
 
 def final_weights(run_dir):

@@ -1,4 +1,7 @@
-"""The torchvision backend: the loader contract and its augmentation statistics."""
+"""Every loader backend: the contract the trainer relies on, and the augmentation statistics.
+
+Each test runs once per registered backend (DALI in its CPU mode), so all of them are held to the
+same rules."""
 
 import dataclasses
 
@@ -9,17 +12,24 @@ from conftest import synthetic_arrays
 
 from fastcifar.config import AugmentConfig, Config, LoaderConfig, TrainConfig
 from fastcifar.data import CifarSplit
-from pipelines import build_loader
+from pipelines import LOADERS, build_loader
 from pipelines.sharding import train_indices
+
+BACKENDS = [name for name in ("torchvision", "torch-gpu", "dali") if name in LOADERS]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
 
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # outputs are x / 255
 OFF = dict(crop_padding=0, flip_p=0.0, erase_p=0.0)
 
 
-def make_cfg(batch=32, workers=0, **augment) -> Config:
+def make_cfg(batch=32, workers=0, backend="torchvision", **augment) -> Config:
     return Config(
         augment=AugmentConfig(**augment),
-        loader=LoaderConfig(name="torchvision", workers=workers, eval_batch_size=48),
+        loader=LoaderConfig(name=backend, device="cpu", workers=workers, eval_batch_size=48),
         train=TrainConfig(batch_size=batch, device="cpu", seed=3),
     )
 
@@ -35,9 +45,9 @@ def batches(cfg, data, which="train", epoch=0, rank=0, world=1):
     return list(loader)
 
 
-def test_contract_shapes_dtype_memory_format():
+def test_contract_shapes_dtype_memory_format(backend):
     data = split(200)
-    cfg = make_cfg(batch=32)
+    cfg = make_cfg(backend=backend, batch=32)
     out = batches(cfg, data)
     assert len(out) == 200 // 32 == len(build_loader(cfg, "train", data, "cpu"))
     images, labels = out[0]
@@ -50,9 +60,9 @@ def test_contract_shapes_dtype_memory_format():
     assert images16.dtype == torch.bfloat16 and images16.is_contiguous()
 
 
-def test_no_augmentation_is_plain_normalisation_in_sampler_order():
+def test_no_augmentation_is_plain_normalisation_in_sampler_order(backend):
     data = split(128)
-    cfg = make_cfg(**OFF)
+    cfg = make_cfg(backend=backend, **OFF)
     order = train_indices(128, seed=3, epoch=5, rank=0, world_size=1)
     images, labels = torch.cat([b[0] for b in batches(cfg, data, epoch=5)]), torch.cat([b[1] for b in batches(cfg, data, epoch=5)])
     mean = torch.tensor(cfg.augment.mean).view(1, 3, 1, 1)
@@ -62,9 +72,9 @@ def test_no_augmentation_is_plain_normalisation_in_sampler_order():
     assert labels.tolist() == data.labels[order].tolist()
 
 
-def test_shuffle_depends_on_seed_and_epoch_only():
+def test_shuffle_depends_on_seed_and_epoch_only(backend):
     data = split(128)
-    cfg = make_cfg()
+    cfg = make_cfg(backend=backend)
     a = batches(cfg, data, epoch=1)
     b = batches(cfg, data, epoch=1)
     c = batches(cfg, data, epoch=2)
@@ -80,25 +90,25 @@ def test_workers_do_not_change_the_batches():
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
-def test_train_shards_are_disjoint_complete_and_equal_length():
+def test_train_shards_are_disjoint_complete_and_equal_length(backend):
     n, world = 250, 2
     shards = [train_indices(n, 3, 0, r, world) for r in range(world)]
     assert len(shards[0]) == len(shards[1]) == n // world
     assert not set(shards[0]) & set(shards[1])
     assert len(set(shards[0]) | set(shards[1])) == n - n % world
     data = split(n)
-    cfg = make_cfg(batch=64)  # 32 per rank
+    cfg = make_cfg(backend=backend, batch=64)  # 32 per rank
     steps = [len(batches(cfg, data, rank=r, world=world)) for r in range(world)]
     assert steps == [(n // world) // 32] * world
 
 
 @pytest.mark.parametrize("world", [1, 3])
-def test_eval_sees_every_image_once(world):
+def test_eval_sees_every_image_once(world, backend):
     n = 101
     images = np.zeros((n, 32, 32, 3), np.uint8)
     images[:, 0, 0, 0] = np.arange(n)  # the index, readable back after normalisation
     data = CifarSplit(images, np.arange(n) % 10, 10)
-    cfg = make_cfg(**IDENTITY)
+    cfg = make_cfg(backend=backend, **IDENTITY)
     seen = []
     for rank in range(world):
         for x, y in batches(cfg, data, "test", rank=rank, world=world):
@@ -107,12 +117,12 @@ def test_eval_sees_every_image_once(world):
     assert sorted(seen) == list(range(n))
 
 
-def test_crop_offsets_are_uniform_in_pad_range():
+def test_crop_offsets_are_uniform_in_pad_range(backend):
     n = 400
     rng = np.random.default_rng(0)
     images = rng.integers(1, 256, size=(n, 32, 32, 3), dtype=np.uint8)  # no zeros: padding shows
     data = CifarSplit(images, np.zeros(n, np.int64), 10)
-    cfg = make_cfg(batch=50, crop_padding=4, flip_p=0.0, erase_p=0.0, **IDENTITY)
+    cfg = make_cfg(backend=backend, batch=50, crop_padding=4, flip_p=0.0, erase_p=0.0, **IDENTITY)
     counts = np.zeros((9, 9))
     for epoch in range(3):
         order = train_indices(n, 3, epoch, 0, 1)
@@ -129,10 +139,10 @@ def test_crop_offsets_are_uniform_in_pad_range():
     assert chi2 < 124.84  # chi-square, 80 degrees of freedom, p = 0.001
 
 
-def test_flip_rate_and_exact_mirror():
+def test_flip_rate_and_exact_mirror(backend):
     n = 512
     data = split(n)
-    cfg = make_cfg(batch=64, crop_padding=0, flip_p=0.5, erase_p=0.0, **IDENTITY)
+    cfg = make_cfg(backend=backend, batch=64, crop_padding=0, flip_p=0.5, erase_p=0.0, **IDENTITY)
     order = train_indices(n, 3, 0, 0, 1)
     out = torch.cat([b[0] for b in batches(cfg, data)])
     src = torch.from_numpy(data.images[order]).permute(0, 3, 1, 2).float() / 255
@@ -142,11 +152,11 @@ def test_flip_rate_and_exact_mirror():
     assert 0.42 < mirrored.float().mean().item() < 0.58  # 512 draws: 3.6 sigma
 
 
-def test_erasing_rate_area_ratio_and_fill():
+def test_erasing_rate_area_ratio_and_fill(backend):
     n, p, fill = 600, 0.5, 7.0  # a fill no normalised pixel reaches
     data = split(n)
     scale, ratio = (0.05, 0.3), (0.5, 2.0)
-    cfg = make_cfg(batch=100, crop_padding=0, flip_p=0.0, erase_p=p, erase_scale=scale,
+    cfg = make_cfg(backend=backend, batch=100, crop_padding=0, flip_p=0.0, erase_p=p, erase_scale=scale,
                    erase_ratio=ratio, erase_value=fill, **IDENTITY)
     out = torch.cat([b[0] for b in batches(cfg, data)])
     erased = 0

@@ -1,0 +1,118 @@
+"""Backend 'torch-gpu': the four augmentations as batched torch ops on the training device.
+
+The uint8 NHWC data set is uploaded once; each batch is gathered by index on the device. Crop and
+flip are one gather from the zero-padded batch (per-sample row/column index maps); normalisation
+works on the gathered pixels; random erasing is a mask built from per-sample rectangles drawn
+as torchvision's RandomErasing draws them (up to 10 tries of area and log-uniform aspect ratio).
+All draws for a batch come from one generator seeded with (seed, epoch, rank, step), so they do not
+depend on anything a resumed run could see differently. No host syncs: nothing is read back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pipelines.base import LoaderSpec, register_loader
+from pipelines.sharding import batch_key, eval_indices, index_tensor, train_indices, train_steps
+
+ERASE_TRIES = 10  # torchvision's RandomErasing tries 10 rectangles before giving up
+
+
+class BatchAugment:
+    """Crop (zero padding), flip, normalise and erase a uint8 NHWC batch on its device."""
+
+    def __init__(self, spec: LoaderSpec, device: torch.device):
+        a = spec.augment
+        self.augment, self.train, self.dtype = a, spec.train, spec.dtype
+        self.mean = torch.tensor(a.mean, device=device)
+        self.std = torch.tensor(a.std, device=device)
+        self.arange = torch.arange(32, device=device)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.train:
+            x = self.crop_and_flip(x, generator)
+        out = (x.float() / 255 - self.mean) / self.std  # torchvision's arithmetic, to the bit
+        if self.train and self.augment.erase_p > 0:
+            out = self.erase(out, generator)
+        return out.to(self.dtype)
+
+    def crop_and_flip(self, x: torch.Tensor, g) -> torch.Tensor:
+        a, n, dev = self.augment, x.shape[0], x.device
+        p = a.crop_padding
+        if p == 0 and a.flip_p == 0:
+            return x
+        rows = self.arange.expand(n, 32)
+        cols = self.arange.expand(n, 32)
+        if p > 0:
+            x = torch.nn.functional.pad(x, (0, 0, p, p, p, p))  # NHWC: pad W and H with zeros
+            offsets = torch.randint(0, 2 * p + 1, (n, 2), device=dev, generator=g)
+            rows = rows + offsets[:, :1]
+            cols = cols + offsets[:, 1:]
+        if a.flip_p > 0:
+            flip = torch.rand(n, 1, device=dev, generator=g) < a.flip_p
+            cols = torch.where(flip, cols.flip(1), cols)
+        batch = torch.arange(n, device=dev)[:, None, None]
+        return x[batch, rows[:, :, None], cols[:, None, :]]
+
+    def erase(self, out: torch.Tensor, g) -> torch.Tensor:
+        a, n, dev = self.augment, out.shape[0], out.device
+        area = 32 * 32 * torch.empty(n, ERASE_TRIES, device=dev).uniform_(*a.erase_scale, generator=g)
+        log_r = torch.empty(n, ERASE_TRIES, device=dev).uniform_(
+            math.log(a.erase_ratio[0]), math.log(a.erase_ratio[1]), generator=g)
+        ratio = log_r.exp()
+        h = (area * ratio).sqrt().round()
+        w = (area / ratio).sqrt().round()
+        fits = (h < 32) & (w < 32)
+        first = fits.float().argmax(dim=1, keepdim=True)  # the first try that fits, as torchvision
+        h, w = h.gather(1, first), w.gather(1, first)
+        apply = fits.any(dim=1, keepdim=True) & (torch.rand(n, 1, device=dev, generator=g) < a.erase_p)
+        u = torch.rand(n, 2, device=dev, generator=g)
+        top = (u[:, :1] * (33 - h)).floor()  # uniform integer in [0, 32 - h]
+        left = (u[:, 1:] * (33 - w)).floor()
+        r = self.arange[None, :]
+        in_rows = (r >= top) & (r < top + h) & apply  # [n, 32]
+        in_cols = (r >= left) & (r < left + w)
+        mask = in_rows[:, :, None] & in_cols[:, None, :]
+        return out.masked_fill(mask[..., None], a.erase_value)
+
+
+class TorchGpuLoader:
+    def __init__(self, spec: LoaderSpec):
+        self.spec, self.epoch = spec, 0
+        device = spec.device
+        self.images = torch.from_numpy(spec.data.images).to(device)  # uploaded once
+        self.labels = torch.from_numpy(spec.data.labels).to(device)
+        self.augment = BatchAugment(spec, device)
+        n = len(spec.data)
+        if spec.train:
+            self.steps = train_steps(n, spec.batch_size, spec.world_size)
+        else:
+            self.steps = -(-len(eval_indices(n, spec.rank, spec.world_size)) // spec.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        s, n = self.spec, len(self.spec.data)
+        order = (train_indices(n, s.seed, self.epoch, s.rank, s.world_size) if s.train
+                 else eval_indices(n, s.rank, s.world_size))
+        order = index_tensor(order, s.device)
+        generator = torch.Generator(device=s.device) if s.train else None
+        for step in range(self.steps):
+            idx = order[step * s.batch_size:(step + 1) * s.batch_size]
+            if generator is not None:
+                generator.manual_seed(batch_key(s.seed, self.epoch, s.rank, step))
+            images = self.augment(self.images[idx], generator).permute(0, 3, 1, 2)  # NCHW view
+            if not s.channels_last:
+                images = images.contiguous()
+            yield images, self.labels[idx]
+
+
+@register_loader("torch-gpu")
+def build_torch_gpu(spec: LoaderSpec) -> TorchGpuLoader:
+    return TorchGpuLoader(spec)
