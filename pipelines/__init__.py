@@ -3,6 +3,6 @@
 from pipelines.base import LOADERS, Loader, LoaderSpec, build_loader, register_loader
 
 # importing a backend registers it; heavy dependencies (DALI) are imported only when one is built
-from pipelines import torch_gpu, torchvision_backend  # noqa: E402,F401
+from pipelines import dali, torch_gpu, torchvision_backend  # noqa: E402,F401
 
 __all__ = ["LOADERS", "Loader", "LoaderSpec", "build_loader", "register_loader"]

@@ -11,13 +11,47 @@ depend on anything a resumed run could see differently. No host syncs: nothing i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from fastcifar.config import AugmentConfig
 from pipelines.base import LoaderSpec, register_loader
 from pipelines.sharding import batch_key, eval_indices, index_tensor, train_indices, train_steps
 
 ERASE_TRIES = 10  # torchvision's RandomErasing tries 10 rectangles before giving up
+
+
+@dataclass
+class Draws:
+    """One batch's augmentation draws, per sample."""
+
+    offsets: torch.Tensor  # int64 [n, 2]: crop window start (row, col) in the padded image
+    flip: torch.Tensor  # bool [n]
+    erase_box: torch.Tensor  # float32 [n, 4]: top, left, height, width; height 0 = no erasing
+
+
+def draw(augment: AugmentConfig, n: int, g: torch.Generator | None, device) -> Draws:
+    """Every random number of a batch, drawn in one fixed order from one generator."""
+    a = augment
+    offsets = torch.randint(0, 2 * a.crop_padding + 1, (n, 2), device=device, generator=g)
+    flip = torch.rand(n, device=device, generator=g) < a.flip_p
+    # random erasing as torchvision draws it: up to 10 tries of area and log-uniform aspect ratio
+    area = 32 * 32 * torch.empty(n, ERASE_TRIES, device=device).uniform_(*a.erase_scale, generator=g)
+    log_r = torch.empty(n, ERASE_TRIES, device=device).uniform_(
+        math.log(a.erase_ratio[0]), math.log(a.erase_ratio[1]), generator=g)
+    ratio = log_r.exp()
+    h = (area * ratio).sqrt().round()
+    w = (area / ratio).sqrt().round()
+    fits = (h < 32) & (w < 32)
+    first = fits.float().argmax(dim=1, keepdim=True)  # the first try that fits
+    h, w = h.gather(1, first), w.gather(1, first)
+    apply = fits.any(dim=1, keepdim=True) & (torch.rand(n, 1, device=device, generator=g) < a.erase_p)
+    u = torch.rand(n, 2, device=device, generator=g)
+    top = (u[:, :1] * (33 - h)).floor()  # uniform integer in [0, 32 - h]
+    left = (u[:, 1:] * (33 - w)).floor()
+    box = torch.cat([top, left, h, w], dim=1) * apply
+    return Draws(offsets, flip, box)
 
 
 class BatchAugment:
@@ -31,51 +65,36 @@ class BatchAugment:
         self.arange = torch.arange(32, device=device)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        if self.train:
-            x = self.crop_and_flip(x, generator)
+        d = draw(self.augment, x.shape[0], generator, x.device) if self.train else None
+        if d is not None:
+            x = self.crop_and_flip(x, d)
         out = (x.float() / 255 - self.mean) / self.std  # torchvision's arithmetic, to the bit
-        if self.train and self.augment.erase_p > 0:
-            out = self.erase(out, generator)
+        if d is not None and self.augment.erase_p > 0:
+            out = self.erase(out, d)
         return out.to(self.dtype)
 
-    def crop_and_flip(self, x: torch.Tensor, g) -> torch.Tensor:
-        a, n, dev = self.augment, x.shape[0], x.device
+    def crop_and_flip(self, x: torch.Tensor, d: Draws) -> torch.Tensor:
+        """One gather from the zero-padded batch through per-sample row and column maps."""
+        a, n = self.augment, x.shape[0]
         p = a.crop_padding
-        if p == 0 and a.flip_p == 0:
-            return x
         rows = self.arange.expand(n, 32)
         cols = self.arange.expand(n, 32)
         if p > 0:
             x = torch.nn.functional.pad(x, (0, 0, p, p, p, p))  # NHWC: pad W and H with zeros
-            offsets = torch.randint(0, 2 * p + 1, (n, 2), device=dev, generator=g)
-            rows = rows + offsets[:, :1]
-            cols = cols + offsets[:, 1:]
+            rows = rows + d.offsets[:, :1]
+            cols = cols + d.offsets[:, 1:]
         if a.flip_p > 0:
-            flip = torch.rand(n, 1, device=dev, generator=g) < a.flip_p
-            cols = torch.where(flip, cols.flip(1), cols)
-        batch = torch.arange(n, device=dev)[:, None, None]
+            cols = torch.where(d.flip[:, None], cols.flip(1), cols)
+        batch = torch.arange(n, device=x.device)[:, None, None]
         return x[batch, rows[:, :, None], cols[:, None, :]]
 
-    def erase(self, out: torch.Tensor, g) -> torch.Tensor:
-        a, n, dev = self.augment, out.shape[0], out.device
-        area = 32 * 32 * torch.empty(n, ERASE_TRIES, device=dev).uniform_(*a.erase_scale, generator=g)
-        log_r = torch.empty(n, ERASE_TRIES, device=dev).uniform_(
-            math.log(a.erase_ratio[0]), math.log(a.erase_ratio[1]), generator=g)
-        ratio = log_r.exp()
-        h = (area * ratio).sqrt().round()
-        w = (area / ratio).sqrt().round()
-        fits = (h < 32) & (w < 32)
-        first = fits.float().argmax(dim=1, keepdim=True)  # the first try that fits, as torchvision
-        h, w = h.gather(1, first), w.gather(1, first)
-        apply = fits.any(dim=1, keepdim=True) & (torch.rand(n, 1, device=dev, generator=g) < a.erase_p)
-        u = torch.rand(n, 2, device=dev, generator=g)
-        top = (u[:, :1] * (33 - h)).floor()  # uniform integer in [0, 32 - h]
-        left = (u[:, 1:] * (33 - w)).floor()
+    def erase(self, out: torch.Tensor, d: Draws) -> torch.Tensor:
+        top, left, h, w = d.erase_box.unbind(1)
         r = self.arange[None, :]
-        in_rows = (r >= top) & (r < top + h) & apply  # [n, 32]
-        in_cols = (r >= left) & (r < left + w)
+        in_rows = (r >= top[:, None]) & (r < (top + h)[:, None])  # h = 0: no row inside
+        in_cols = (r >= left[:, None]) & (r < (left + w)[:, None])
         mask = in_rows[:, :, None] & in_cols[:, None, :]
-        return out.masked_fill(mask[..., None], a.erase_value)
+        return out.masked_fill(mask[..., None], self.augment.erase_value)
 
 
 class TorchGpuLoader:

@@ -1,0 +1,115 @@
+"""DALI backend specifics: same draws as torch-gpu, alignment over ranks, errors, and CUDA checks."""
+
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+import torch
+from test_loaders import batches, make_cfg, split
+
+from fastcifar.data import CifarSplit
+from fastcifar.errors import ConfigError
+from pipelines import LOADERS, build_loader
+
+pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install -e '.[dali]')")
+
+FULL = dict(crop_padding=4, flip_p=0.5, erase_p=0.5)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def all_images(cfg, data, device="cpu", epoch=0, which="train"):
+    loader = build_loader(cfg, which, data, torch.device(device))
+    loader.set_epoch(epoch)
+    out = [(x.float().cpu(), y.cpu()) for x, y in loader]
+    return torch.cat([x for x, _ in out]), torch.cat([y for _, y in out])
+
+
+def test_dali_equals_torch_gpu_for_the_same_draws():
+    data = split(300)
+    x_dali, y_dali = all_images(make_cfg(backend="dali", batch=64, **FULL), data, epoch=2)
+    x_torch, y_torch = all_images(make_cfg(backend="torch-gpu", batch=64, **FULL), data, epoch=2)
+    assert torch.equal(y_dali, y_torch)
+    assert (x_dali - x_torch).abs().max().item() < 1e-3
+    erased = (x_dali == 0.0).all(1)  # fill 0: some pixels erased, in both alike
+    assert erased.any() and torch.equal(erased, (x_torch == 0.0).all(1))
+
+
+@pytest.mark.parametrize("backend", [n for n in ("torchvision", "torch-gpu", "dali") if n in LOADERS])
+def test_labels_stay_aligned_over_shuffles_and_ranks(backend):
+    """Each image's pixels encode its own index; after crop, flip and shuffling, on 2 ranks,
+    every image arrives once per epoch with its own label."""
+    n = 300
+    idx = np.arange(n)
+    images = np.zeros((n, 32, 32, 3), np.uint8)
+    images[..., 0], images[..., 1] = (idx // 256)[:, None, None], (idx % 256)[:, None, None]
+    data = CifarSplit(images, idx % 10, 10)
+    cfg = make_cfg(backend=backend, batch=20, crop_padding=4, flip_p=0.5, erase_p=0.0,
+                   mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    for epoch in (0, 1):
+        seen = []
+        for rank in (0, 1):
+            for x, y in batches(cfg, data, epoch=epoch, rank=rank, world=2):
+                centre = (x[:, :2, 16, 16] * 255).round().long()  # never reached by padding
+                index = centre[:, 0] * 256 + centre[:, 1]
+                assert torch.equal(y, index % 10)
+                seen += index.tolist()
+        assert sorted(seen) == list(range(n))
+
+
+def test_gpu_device_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = make_cfg(backend="dali")
+    cfg = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, device="gpu"))
+    with pytest.raises(ConfigError, match="--loader.device=cpu"):
+        build_loader(cfg, "train", split(64), torch.device("cpu"))
+
+
+def test_missing_dali_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[dali\]'"):
+        build_loader(make_cfg(backend="dali"), "train", split(64), torch.device("cpu"))
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_dali_gpu_equals_dali_cpu(dtype):
+    data = split(600)
+    base = make_cfg(backend="dali", batch=128, **FULL)
+    outs = {}
+    for device in ("cpu", "gpu"):
+        cfg = dataclasses.replace(base, loader=dataclasses.replace(base.loader, device=device, dtype=dtype))
+        loader = build_loader(cfg, "train", data, torch.device("cuda"))
+        loader.set_epoch(1)
+        xs, ys = zip(*loader)
+        assert xs[0].device.type == "cuda" and xs[0].is_contiguous(memory_format=torch.channels_last)
+        assert xs[0].dtype == getattr(torch, dtype)
+        outs[device] = torch.cat(xs).float().cpu(), torch.cat(ys).cpu()
+    assert torch.equal(outs["cpu"][1], outs["gpu"][1])
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    assert (outs["cpu"][0] - outs["gpu"][0]).abs().max().item() < tol
+
+
+@pytest.mark.cuda
+@cuda
+def test_torch_gpu_on_cuda_matches_cpu_and_counts_eval_once():
+    data = split(500)
+    off = make_cfg(backend="torch-gpu", batch=64, crop_padding=0, flip_p=0.0, erase_p=0.0)
+    x_cpu, y_cpu = all_images(off, data, "cpu")
+    x_gpu, y_gpu = all_images(off, data, "cuda")
+    assert torch.equal(y_cpu, y_gpu) and (x_cpu - x_gpu).abs().max().item() < 1e-5
+    for backend in ("torch-gpu", "dali"):
+        _, labels = all_images(make_cfg(backend=backend, **FULL), data, "cuda", which="test")
+        assert torch.equal(labels, torch.from_numpy(data.labels))
+    # statistics on the GPU's own generator: flip rate and exact mirrors
+    flip = make_cfg(backend="torch-gpu", batch=100, crop_padding=0, flip_p=0.5, erase_p=0.0,
+                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    x, y = all_images(flip, data, "cuda")
+    from pipelines.sharding import train_indices
+
+    src = torch.from_numpy(data.images[train_indices(500, 3, 0, 0, 1)]).permute(0, 3, 1, 2)
+    px = (x * 255).round().to(torch.uint8)
+    mirrored = (px == src.flip(-1)).flatten(1).all(1)
+    assert ((px == src).flatten(1).all(1) | mirrored).all()
+    assert 0.4 < mirrored.float().mean().item() < 0.6
