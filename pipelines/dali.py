@@ -51,7 +51,7 @@ def build_pipeline(spec: LoaderSpec, device: str):
     """One definition for both devices: the operators follow the device of the fed images."""
     fn, pipeline_def, types = _import_dali()
     a, train = spec.augment, spec.train
-    out_type = types.FLOAT16 if spec.dtype == torch.float16 else types.FLOAT
+    half = spec.dtype == torch.float16
     device_id = (spec.device.index or 0) if device == "gpu" else None
     threads = max(1, min(spec.loader.workers or 1, os.cpu_count() or 1))
 
@@ -68,12 +68,13 @@ def build_pipeline(spec: LoaderSpec, device: str):
             mirror = fn.external_source(name="mirror")
         out = fn.crop_mirror_normalize(
             images, mirror=mirror, mean=[m * 255 for m in a.mean], std=[s * 255 for s in a.std],
-            dtype=out_type, output_layout="HWC")
+            dtype=types.FLOAT, output_layout="HWC")
         if train and a.erase_p > 0:
             anchor = fn.external_source(name="erase_anchor")
             shape = fn.external_source(name="erase_shape")
             out = fn.erase(out, anchor=anchor, shape=shape, axis_names="HW", fill_value=a.erase_value)
-        return out
+        # DALI 2.4's GPU erase has no float16 kernel: work in float32, cast once at the end
+        return fn.cast(out, dtype=types.FLOAT16) if half else out
 
     pipe = augment()
     pipe.build()

@@ -35,6 +35,17 @@ def test_dali_equals_torch_gpu_for_the_same_draws():
     assert erased.any() and torch.equal(erased, (x_torch == 0.0).all(1))
 
 
+@pytest.mark.parametrize("backend", ["dali", "torch-gpu"])
+def test_float16_output_matches_float32(backend):
+    data = split(128)
+    full = make_cfg(backend=backend, batch=64, **FULL)
+    half = dataclasses.replace(full, loader=dataclasses.replace(full.loader, dtype="float16"))
+    x16, _ = all_images(half, data)
+    x32, _ = all_images(full, data)
+    assert build_loader(half, "train", data, torch.device("cpu")).__iter__().__next__()[0].dtype == torch.float16
+    assert (x16 - x32).abs().max().item() < 1e-2
+
+
 @pytest.mark.parametrize("backend", [n for n in ("torchvision", "torch-gpu", "dali") if n in LOADERS])
 def test_labels_stay_aligned_over_shuffles_and_ranks(backend):
     """Each image's pixels encode its own index; after crop, flip and shuffling, on 2 ranks,
