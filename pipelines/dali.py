@@ -22,7 +22,7 @@ import torch
 
 from fastcifar.errors import ConfigError
 from pipelines.base import LoaderSpec, register_loader
-from pipelines.sharding import batch_key, eval_indices, index_tensor, train_indices, train_steps
+from pipelines.sharding import EpochPlan, index_tensor
 from pipelines.torch_gpu import draw
 
 MISSING = "loader 'dali' needs the dali extra: pip install -e '.[dali]'"
@@ -81,9 +81,9 @@ def build_pipeline(spec: LoaderSpec, device: str):
     return pipe
 
 
-class DaliLoader:
+class DaliLoader(EpochPlan):
     def __init__(self, spec: LoaderSpec):
-        self.spec, self.epoch = spec, 0
+        super().__init__(spec)
         self.device = pipeline_device(spec)
         self.pipe = build_pipeline(spec, self.device)
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -92,21 +92,10 @@ class DaliLoader:
         host = torch.from_numpy(spec.data.images)
         self.images = host.to(spec.device) if self.device == "gpu" else host  # uploaded once
         self.labels = torch.from_numpy(spec.data.labels).to(spec.device)
-        n = len(spec.data)
-        if spec.train:
-            self.steps = train_steps(n, spec.batch_size, spec.world_size)
-        else:
-            self.steps = -(-len(eval_indices(n, spec.rank, spec.world_size)) // spec.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps
 
     def _feed_draws(self, n: int, step: int) -> None:
-        s, a = self.spec, self.spec.augment
-        g = torch.Generator().manual_seed(batch_key(s.seed, self.epoch, s.rank, step))
+        a = self.spec.augment
+        g = torch.Generator().manual_seed(self.key(step))
         d = draw(a, n, g, "cpu")
         if a.crop_padding > 0:
             self.pipe.feed_input("start", (d.offsets - a.crop_padding).to(torch.int32).numpy())
@@ -134,10 +123,8 @@ class DaliLoader:
         return result.to(s.dtype)
 
     def __iter__(self):
-        s, n = self.spec, len(self.spec.data)
-        order = (train_indices(n, s.seed, self.epoch, s.rank, s.world_size) if s.train
-                 else eval_indices(n, s.rank, s.world_size))
-        order = index_tensor(order, self.images.device)
+        s = self.spec
+        order = index_tensor(self.order(), self.images.device)
         for step in range(self.steps):
             idx = order[step * s.batch_size:(step + 1) * s.batch_size]
             if s.train:

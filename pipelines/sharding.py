@@ -41,3 +41,31 @@ def batch_key(seed: int, epoch: int, rank: int, step: int) -> int:
 
 def index_tensor(indices: list[int], device) -> torch.Tensor:
     return torch.as_tensor(indices, dtype=torch.int64, device=device)
+
+
+class EpochPlan:
+    """The batches of one rank in one epoch, shared by every backend: how many steps, in which
+    order. Train: shuffled by (seed, epoch), full batches only. Eval: in order, last batch partial."""
+
+    def __init__(self, spec):
+        self.spec, self.epoch = spec, 0
+        n = len(spec.data)
+        if spec.train:
+            self.steps = train_steps(n, spec.batch_size, spec.world_size)
+        else:
+            self.steps = -(-len(eval_indices(n, spec.rank, spec.world_size)) // spec.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def order(self) -> list[int]:
+        s, n = self.spec, len(self.spec.data)
+        if s.train:
+            return train_indices(n, s.seed, self.epoch, s.rank, s.world_size)
+        return eval_indices(n, s.rank, s.world_size)
+
+    def key(self, step: int) -> int:
+        return batch_key(self.spec.seed, self.epoch, self.spec.rank, step)

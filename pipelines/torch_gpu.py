@@ -17,7 +17,7 @@ import torch
 
 from fastcifar.config import AugmentConfig
 from pipelines.base import LoaderSpec, register_loader
-from pipelines.sharding import batch_key, eval_indices, index_tensor, train_indices, train_steps
+from pipelines.sharding import EpochPlan, index_tensor
 
 ERASE_TRIES = 10  # torchvision's RandomErasing tries 10 rectangles before giving up
 
@@ -97,35 +97,22 @@ class BatchAugment:
         return out.masked_fill(mask[..., None], self.augment.erase_value)
 
 
-class TorchGpuLoader:
+class TorchGpuLoader(EpochPlan):
     def __init__(self, spec: LoaderSpec):
-        self.spec, self.epoch = spec, 0
+        super().__init__(spec)
         device = spec.device
         self.images = torch.from_numpy(spec.data.images).to(device)  # uploaded once
         self.labels = torch.from_numpy(spec.data.labels).to(device)
         self.augment = BatchAugment(spec, device)
-        n = len(spec.data)
-        if spec.train:
-            self.steps = train_steps(n, spec.batch_size, spec.world_size)
-        else:
-            self.steps = -(-len(eval_indices(n, spec.rank, spec.world_size)) // spec.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps
 
     def __iter__(self):
-        s, n = self.spec, len(self.spec.data)
-        order = (train_indices(n, s.seed, self.epoch, s.rank, s.world_size) if s.train
-                 else eval_indices(n, s.rank, s.world_size))
-        order = index_tensor(order, s.device)
+        s = self.spec
+        order = index_tensor(self.order(), s.device)  # one upload per epoch, sliced on the device
         generator = torch.Generator(device=s.device) if s.train else None
         for step in range(self.steps):
             idx = order[step * s.batch_size:(step + 1) * s.batch_size]
             if generator is not None:
-                generator.manual_seed(batch_key(s.seed, self.epoch, s.rank, step))
+                generator.manual_seed(self.key(step))
             images = self.augment(self.images[idx], generator).permute(0, 3, 1, 2)  # NCHW view
             if not s.channels_last:
                 images = images.contiguous()

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 from pipelines.base import LoaderSpec, register_loader, to_model_input
-from pipelines.sharding import batch_key, eval_indices, train_indices, train_steps
+from pipelines.sharding import EpochPlan
 
 
 def build_transform(spec: LoaderSpec):
@@ -50,30 +50,13 @@ class AugmentedCifar(Dataset):
             return [(self.transform(self.images[i]), self.labels[i]) for i in indices]
 
 
-class EpochBatchSampler(Sampler):
-    """Yields (seed key, indices) per batch from the shared sharding rules."""
-
-    def __init__(self, spec: LoaderSpec):
-        self.spec, self.epoch = spec, 0
-        n, s = len(spec.data), spec
-        self.steps = (train_steps(n, s.batch_size, s.world_size) if s.train
-                      else -(-len(eval_indices(n, s.rank, s.world_size)) // s.batch_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps
+class EpochBatchSampler(EpochPlan, Sampler):
+    """Yields (seed key, indices) per batch from the shared epoch plan."""
 
     def __iter__(self):
-        s, n = self.spec, len(self.spec.data)
-        if s.train:
-            indices = train_indices(n, s.seed, self.epoch, s.rank, s.world_size)
-        else:
-            indices = eval_indices(n, s.rank, s.world_size)
+        indices, size = self.order(), self.spec.batch_size
         for step in range(self.steps):
-            key = batch_key(s.seed, self.epoch, s.rank, step)
-            yield key, indices[step * s.batch_size:(step + 1) * s.batch_size]
+            yield self.key(step), indices[step * size:(step + 1) * size]
 
 
 class TorchvisionLoader:

@@ -3,7 +3,6 @@ tiny training configs."""
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import subprocess
