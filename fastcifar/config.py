@@ -274,8 +274,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(t.batch_size > 0, "train.batch_size", "an integer > 0")
     need(t.batch_size % world_size == 0, "train.batch_size",
          f"a global batch size divisible by the world size ({world_size})")
-    need(ld.eval_batch_size % world_size == 0 or ld.eval_batch_size >= world_size,
-         "loader.eval_batch_size", f"at least the world size ({world_size})")
+    need(ld.eval_batch_size >= world_size, "loader.eval_batch_size", f"at least the world size ({world_size})")
     need(t.eval_every > 0, "train.eval_every", "an integer > 0")
     need(t.checkpoint_every > 0, "train.checkpoint_every", "an integer > 0")
     need(t.log_every > 0, "train.log_every", "an integer > 0")

@@ -67,3 +67,17 @@ def test_torchrun_cli_two_processes(synthetic_root, tmp_path):
     assert (run_dir / "checkpoint_epoch0001.pt").is_file() and (run_dir / "config.yaml").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
     assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 prints
+
+
+def test_missing_data_stops_every_rank_with_one_line(tmp_path):
+    """Rank 0's data error reaches rank 1 at once instead of leaving it in a barrier."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+         str(free_port()), "run.py", "configs/resnet20.yml",
+         *tiny_overrides(tmp_path / "no-data", tmp_path / "run")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("run.py: error:")]
+    assert len(errors) == 2 and all("CIFAR-10 not found under" in e for e in errors), result.stderr[-2000:]

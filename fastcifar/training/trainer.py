@@ -18,7 +18,7 @@ from fastcifar import config as config_lib
 from fastcifar import distributed as dist_lib
 from fastcifar.config import Config
 from fastcifar.data import load_cifar
-from fastcifar.errors import ConfigError
+from fastcifar.errors import ConfigError, DataError
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training.engine import (TrainStep, average_buffers, build_optimizer, evaluate,
@@ -74,14 +74,23 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
     def _load_data(self):
         d = self.cfg.data
-        # rank 0 downloads/extracts first so ranks never race on the same files
-        if not self.main:
-            dist_lib.barrier()
-        train = load_cifar(d.dataset, d.root, "train", d.download)
-        test = load_cifar(d.dataset, d.root, "test", d.download)
+
+        def load():
+            return (load_cifar(d.dataset, d.root, "train", d.download),
+                    load_cifar(d.dataset, d.root, "test", d.download))
+
+        # rank 0 downloads/extracts first, so ranks never race on the same files; its error, if
+        # any, reaches every rank, so none waits for a rank that has stopped
+        error, data = None, None
         if self.main:
-            dist_lib.barrier()
-        return train, test
+            try:
+                data = load()
+            except DataError as e:
+                error = str(e)
+        error = dist_lib.broadcast_object(error)
+        if error is not None:
+            raise DataError(error)
+        return data if self.main else load()
 
     def _prepare_run_dir(self) -> None:
         latest = ckpt.latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
