@@ -9,6 +9,8 @@ USAGE = """usage: run.py CONFIG.yml [--section.key=value ...] [--resume]
 
 Trains the model that CONFIG.yml describes; each --section.key=value overrides one key.
 --resume continues train.run_dir from its latest checkpoint.
+SIGTERM or Ctrl-C stops the run after the current epoch, with a checkpoint saved, and exits
+with status 3 (2: bad input). A second Ctrl-C stops at once.
 
 Keys and defaults:
 """
@@ -27,7 +29,11 @@ def main(argv: list[str]) -> int:
         cfg = config.load(path, overrides, world_size=distributed.world_size_from_env())
         from fastcifar.training import Trainer
 
-        Trainer(cfg).fit()
+        summary = Trainer(cfg).fit()
+        if not summary["finished"]:
+            print(f"run.py: stopped after epoch {summary['epochs']}/{cfg.train.epochs} with a checkpoint "
+                  f"in {cfg.train.run_dir}; continue with --resume", file=sys.stderr)
+            return 3
     except FastcifarError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2

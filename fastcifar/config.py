@@ -88,7 +88,8 @@ class TrainConfig:
     compile: str = "auto"  # auto (on CUDA only) | true | false
     compile_mode: str = "default"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
     eval_every: int = 1  # epochs; the last epoch is always evaluated
-    checkpoint_every: int = 10  # epochs; the last epoch is always saved
+    checkpoint_every: int = 10  # epochs; the last epoch, and the epoch a run is stopped at, are always saved
+    keep_checkpoints: int = 0  # keep only the newest N checkpoints; 0 keeps all
     log_every: int = 50  # steps between host syncs for logging
     run_dir: str = "runs/default"
     resume: bool = False  # continue from run_dir's latest checkpoint
@@ -277,6 +278,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(ld.eval_batch_size >= world_size, "loader.eval_batch_size", f"at least the world size ({world_size})")
     need(t.eval_every > 0, "train.eval_every", "an integer > 0")
     need(t.checkpoint_every > 0, "train.checkpoint_every", "an integer > 0")
+    need(t.keep_checkpoints >= 0, "train.keep_checkpoints", "an integer >= 0 (0 keeps all)")
     need(t.log_every > 0, "train.log_every", "an integer > 0")
     need(t.run_dir != "", "train.run_dir", "a directory path")
 

@@ -81,3 +81,31 @@ def test_missing_data_stops_every_rank_with_one_line(tmp_path):
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("run.py: error:")]
     assert len(errors) == 2 and all("CIFAR-10 not found under" in e for e in errors), result.stderr[-2000:]
+
+
+def _signalled_rank_main(rank: int, world: int, port: int, root: str, out: str):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import signal
+
+    from fastcifar import config, distributed
+    from fastcifar.training import Trainer
+
+    cfg = config.load(REPO / "configs" / "resnet20.yml",
+                      tiny_overrides(Path(root), Path(out) / "run", **{"train.epochs": 3}), world)
+
+    def signal_rank_one(record):
+        if rank == 1 and record["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    summary = Trainer(cfg).fit(signal_rank_one)
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(summary))
+    distributed.cleanup()
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_the_same_epoch(synthetic_root, tmp_path):
+    mp.spawn(_signalled_rank_main, args=(2, free_port(), str(synthetic_root), str(tmp_path)), nprocs=2)
+    summaries = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(s["epochs"], s["finished"]) for s in summaries] == [(1, False), (1, False)]
+    assert (tmp_path / "run" / "checkpoint_epoch0001.pt").is_file()
+    assert not (tmp_path / "run" / "summary.json").exists()

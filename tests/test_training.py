@@ -193,3 +193,48 @@ def test_cuda_bf16_channels_last_compile_step(synthetic_root, tmp_path):
     trainer.fit(epochs.append)
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(synthetic_root, tmp_path):
+    """A scheduler's SIGTERM mid-run: run.py saves a checkpoint at the end of the epoch, exits 3,
+    and --resume finishes with the weights of an unbroken run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, tiny_overrides
+
+    extra = dict(train__epochs=4, train__deterministic=True, train__keep_checkpoints=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count for both runs: same sums
+
+    def command(run_dir):
+        return [sys.executable, "run.py", "configs/resnet20.yml", *tiny_overrides(synthetic_root, run_dir, **extra)]
+
+    whole = subprocess.run(command(tmp_path / "whole"), cwd=REPO, env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    run_dir = tmp_path / "stopped"
+    cmd = command(run_dir)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and '"loss"' in metrics.read_text()):  # inside epoch 1
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 3, err[-2000:]
+    assert "continue with --resume" in err
+    stopped = [r for r in records(run_dir) if r.get("event") == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["signal"] == "SIGTERM"
+    epoch = stopped[0]["epoch"]
+    assert 1 <= epoch < 4
+    assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == [f"checkpoint_epoch{epoch:04d}.pt"]
+    assert not (run_dir / "summary.json").exists()  # written only by a finished run
+
+    result = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["finished"] is True
+    assert_same_weights(final_weights(tmp_path / "whole"), final_weights(run_dir))
+    assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0004.pt"]  # keep 1

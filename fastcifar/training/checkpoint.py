@@ -109,3 +109,13 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_epoch*.pt")
              if (m := _NAME.search(p.name))]
     return max(found)[1] if found else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (keep 0: delete none)."""
+    if keep <= 0:
+        return
+    found = sorted((int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_epoch*.pt")
+                   if (m := _NAME.search(p.name)))
+    for _epoch, path in found[:-keep]:
+        path.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from fastcifar.training import checkpoint as ckpt
 from fastcifar.training.engine import (TrainStep, average_buffers, build_optimizer, evaluate,
                                        prepare_model, resolve_runtime)
 from fastcifar.training.schedule import LRSchedule
+from fastcifar.training.stopping import GracefulStop
 from pipelines import build_loader
 
 
@@ -134,6 +135,7 @@ class Trainer:
         average_buffers(self.model, self.dist.world_size)
         if self.main:
             ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.epoch), self.state_dict())
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
 
     # ---- logging -----------------------------------------------------------------------------
     def log_event(self, record: dict) -> None:
@@ -191,31 +193,40 @@ class Trainer:
         return evaluate(self.eval_model, self.test_loader, self.runtime)
 
     def fit(self, on_epoch_end=None) -> dict:
-        """Train to train.epochs. on_epoch_end(record), if given, sees each epoch's record."""
+        """Train to train.epochs. on_epoch_end(record), if given, sees each epoch's record.
+
+        SIGTERM or Ctrl-C stops the run after the current epoch with a checkpoint saved; the
+        summary then says finished: false and --resume continues it."""
         cfg = self.cfg.train
         last = {}
         start = time.perf_counter()
-        while self.epoch < cfg.epochs:
-            record = self.train_epoch()
-            self.epoch += 1
-            final = self.epoch == cfg.epochs
-            if final or self.epoch % cfg.eval_every == 0:
-                record.update(self.evaluate())
-            record.update(epoch=self.epoch, step=self.step, lr=self.schedule(self.step - 1),
-                          train_seconds=self.train_seconds,
-                          wall_seconds=time.perf_counter() - start)  # this process, eval included
-            self.log_event(record)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if self.main:
-                acc = f", test top-1 {record['top1']:.2f}%" if "top1" in record else ""
-                print(f"epoch {self.epoch}/{cfg.epochs}: loss {record['train_loss']:.4f}, "
-                      f"{record['images_per_s']:,.0f} img/s{acc}", flush=True)
-            if final or self.epoch % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
-            last = record
+        with GracefulStop() as stop:
+            while self.epoch < cfg.epochs:
+                record = self.train_epoch()
+                self.epoch += 1
+                final = self.epoch == cfg.epochs
+                if final or self.epoch % cfg.eval_every == 0:
+                    record.update(self.evaluate())
+                record.update(epoch=self.epoch, step=self.step, lr=self.schedule(self.step - 1),
+                              train_seconds=self.train_seconds,
+                              wall_seconds=time.perf_counter() - start)  # this process, eval included
+                self.log_event(record)
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+                if self.main:
+                    acc = f", test top-1 {record['top1']:.2f}%" if "top1" in record else ""
+                    print(f"epoch {self.epoch}/{cfg.epochs}: loss {record['train_loss']:.4f}, "
+                          f"{record['images_per_s']:,.0f} img/s{acc}", flush=True)
+                stopping = not final and stop.requested(self.dist.device)
+                if final or stopping or self.epoch % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                last = record
+                if stopping:
+                    self.log_event({"event": "stopped", "signal": stop.signal_name or "another rank's",
+                                    "epoch": self.epoch, "step": self.step})
+                    break
         summary = self.summary(last)
-        if self.main:
+        if self.main and summary["finished"]:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -225,6 +236,7 @@ class Trainer:
             "dataset": self.cfg.data.dataset,
             "loader": self.cfg.loader.name,
             "epochs": self.epoch,
+            "finished": self.epoch >= self.cfg.train.epochs,
             "steps": self.step,
             "final_top1": last.get("top1"),
             "final_top5": last.get("top5"),

@@ -1,0 +1,46 @@
+"""Stopping a run cleanly: SIGTERM (a scheduler's preemption, a time limit) or Ctrl-C asks the
+trainer to stop at the end of the current epoch, after saving a checkpoint, so that ``--resume``
+loses nothing. A second Ctrl-C stops at once, as Python normally does."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+
+from fastcifar import distributed as dist_lib
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class GracefulStop:
+    """Context manager: while inside, SIGTERM and SIGINT set a flag instead of killing the process.
+    Only the main thread can install signal handlers; elsewhere (e.g. a notebook's worker thread)
+    the signals keep their usual effect."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: stop now
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any rank was signalled: every rank must stop after the same epoch, or the
+        others would wait for it forever in the next collective."""
+        flag = torch.tensor(1.0 if self.signal_name else 0.0, device=device)
+        return bool(dist_lib.all_reduce_sum(flag).item() > 0)
