@@ -1,0 +1,98 @@
+"""Test accuracy of a CIFAR-10 ResNet: shipped weights, a weight file or a training checkpoint.
+
+    python -m fastcifar.evaluate --model cifar10_resnet56 --pretrained --data.root DIR
+    python -m fastcifar.evaluate --model cifar10_resnet56 --checkpoint runs/resnet56 --data.root DIR
+
+Prints top-1 and top-5 over the test set (or its first --limit images). fp32, no compile: the
+same figure on any machine, up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from fastcifar.errors import FastcifarError
+
+
+def evaluate_model(model: torch.nn.Module, data_root: str | Path, limit: int | None = None,
+                   device: str = "cpu", batch_size: int = 1000, download: bool = False) -> dict:
+    """Top-1/top-5 (%) over the CIFAR-10 test set, or its first `limit` images, through the same
+    normalisation and evaluation code as training (the torch-gpu loader's eval path)."""
+    from fastcifar.config import Config, LoaderConfig, TrainConfig
+    from fastcifar.data import CifarSplit, load_cifar
+    from fastcifar.training.engine import evaluate, resolve_runtime
+    from pipelines import build_loader
+
+    data = load_cifar("cifar10", data_root, "test", download)
+    if limit is not None:
+        data = CifarSplit(data.images[:limit], data.labels[:limit], data.num_classes)
+    train = TrainConfig(device=device, amp="none", compile="false", channels_last=False)
+    cfg = Config(loader=LoaderConfig(name="torch-gpu", device="auto", eval_batch_size=batch_size), train=train)
+    runtime = resolve_runtime(train, torch.device(device))
+    model = model.to(runtime.device)
+    loader = build_loader(cfg, "test", data, runtime.device)
+    result = evaluate(model, loader, runtime)
+    return {"top1": result["top1"], "top5": result["top5"], "images": result["test_images"]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastcifar.hub import HUB_MODELS, WEIGHTS_DIR
+
+    p = argparse.ArgumentParser(prog="python -m fastcifar.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help=f"one of {', '.join(HUB_MODELS)}")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pretrained", action="store_true", help="the shipped weights (sha256-checked)")
+    src.add_argument("--checkpoint", type=Path, help="a training checkpoint, a run directory or a weight file")
+    p.add_argument("--data.root", dest="data_root", required=True, help="where CIFAR-10 is (npz, official layout or archive)")
+    p.add_argument("--data.download", dest="download", action="store_true", help="download CIFAR-10 if missing")
+    p.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="where shipped weights and manifest.json are")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastcifar import hub
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.limit is not None and args.limit <= 0:
+            raise FastcifarError(f"--limit: {args.limit} is invalid: expected an integer > 0")
+        if args.batch_size <= 0:
+            raise FastcifarError(f"--batch-size: {args.batch_size} is invalid: expected an integer > 0")
+        device = args.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise FastcifarError("--device: 'cuda' needs CUDA, which is not available here; use --device cpu")
+        if args.pretrained:
+            model = hub.get_model(args.model, pretrained=True, weights_dir=args.weights_dir)
+            source = hub.weights_entry(args.model, args.weights_dir)["file"]
+        else:
+            model = hub.get_model(args.model)
+            state, path = hub.checkpoint_state(args.checkpoint)
+            hub.load_into(model, state, path)
+            source = str(path)
+        result = evaluate_model(model, args.data_root, args.limit, device, args.batch_size, args.download)
+    except FastcifarError as e:
+        print(f"evaluate: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    result = {"model": args.model, "weights": source, **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.model} ({source}): top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}% "
+              f"on {result['images']} CIFAR-10 test images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

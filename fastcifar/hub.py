@@ -1,0 +1,176 @@
+"""Pretrained CIFAR-10 ResNets: the weight files shipped in fastcifar/weights/, checked by sha256
+and loaded strictly.
+
+    from fastcifar.hub import resnet56
+    model = resnet56(pretrained=True)
+    model = torch.hub.load("path/to/fastcifar", "cifar10_resnet56", source="local", pretrained=True)
+
+Each weight file is a plain fp32 state dict (no DDP or torch.compile prefixes) named
+``<name>-<first 8 hex of its sha256>.pt``. ``manifest.json`` records for each name its file, the
+full sha256, the training run it came from and the accuracy measured when it was exported: on the
+whole test set, and on the first 1000 test images (which a CPU test checks again).
+``export_weights`` writes both from a training checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from fastcifar.errors import CheckpointError, FastcifarError
+from fastcifar.models import PAPER_DEPTHS, build_model
+from fastcifar.training import checkpoint as ckpt
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MANIFEST = "manifest.json"
+SUBSET = 1000  # test images re-checked by the CPU test of shipped weights
+HUB_MODELS = {f"cifar10_resnet{d}": f"resnet{d}" for d in PAPER_DEPTHS}
+
+
+class HubError(FastcifarError):
+    pass
+
+
+def model_name(name: str) -> str:
+    """'cifar10_resnet56' -> 'resnet56', or a one-line error listing the valid names."""
+    if name not in HUB_MODELS:
+        raise HubError(f"unknown hub model {name!r} (valid: {', '.join(HUB_MODELS)})")
+    return HUB_MODELS[name]
+
+
+def read_manifest(weights_dir: str | Path = WEIGHTS_DIR) -> dict:
+    path = Path(weights_dir) / MANIFEST
+    if not path.is_file():
+        return {"schema_version": 1, "weights": {}}
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["weights"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise HubError(f"{path} is not a valid weights manifest ({type(e).__name__}: {e})") from None
+    return manifest
+
+
+def weights_entry(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> dict:
+    model_name(name)
+    shipped = read_manifest(weights_dir)["weights"]
+    if name not in shipped:
+        have = ", ".join(sorted(shipped)) or "none yet"
+        raise HubError(f"no pretrained weights for {name} in {weights_dir} (shipped: {have}); "
+                       "train them with benchmarks/reproduce.py and export them with fastcifar.hub.export_weights")
+    return shipped[name]
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_weights(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> dict:
+    """The state dict shipped for `name`, after checking its sha256 against the manifest."""
+    entry = weights_entry(name, weights_dir)
+    path = Path(weights_dir) / entry["file"]
+    if not path.is_file():
+        raise HubError(f"weights file {path} for {name} is missing (listed in {MANIFEST})")
+    found = sha256(path)
+    if found != entry["sha256"]:
+        raise HubError(f"weights file {path} has sha256 {found}, but {MANIFEST} expects {entry['sha256']}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def get_model(name: str, pretrained: bool = False, weights_dir: str | Path = WEIGHTS_DIR,
+              **kwargs) -> nn.Module:
+    """A CIFAR-10 ResNet by hub name; with pretrained, its shipped weights, loaded strictly."""
+    model = build_model(model_name(name), num_classes=10, **kwargs)
+    if pretrained:
+        ckpt.load_model_state(model, load_weights(name, weights_dir))
+    return model
+
+
+def _entrypoint(name: str):
+    def entry(pretrained: bool = False, **kwargs) -> nn.Module:
+        return get_model(name, pretrained, **kwargs)
+
+    entry.__name__ = name
+    entry.__doc__ = (f"{HUB_MODELS[name]} for CIFAR-10 (He et al. 2016, option A shortcuts); "
+                     "pretrained=True loads the shipped weights, checked by sha256.")
+    return entry
+
+
+for _name in HUB_MODELS:
+    globals()[_name] = _entrypoint(_name)
+    globals()[HUB_MODELS[_name]] = globals()[_name]  # resnet56(pretrained=True) as well
+
+
+def load_into(model: nn.Module, state: dict, source) -> None:
+    """Strict load, with a one-line error naming the file when the state is another model's."""
+    try:
+        ckpt.load_model_state(model, state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        raise HubError(f"{source} does not hold a {type(model).__name__} of depth "
+                       f"{getattr(model, 'depth', '?')}: {detail[:300]}") from None
+
+
+def checkpoint_state(source: str | Path) -> tuple[dict, Path]:
+    """The model state of a training checkpoint, or of the latest one in a run directory."""
+    source = Path(source)
+    path = ckpt.latest_checkpoint(source) if source.is_dir() else source
+    if path is None:
+        raise CheckpointError(f"no checkpoint_epoch*.pt in {source}")
+    state = ckpt.load_checkpoint(path)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return ckpt.clean_state_dict(state), path
+
+
+def export_weights(source: str | Path, name: str, data_root: str | Path,
+                   weights_dir: str | Path = WEIGHTS_DIR, record: dict | None = None) -> dict:
+    """Write the model of a training checkpoint (or run directory) as `name`'s shipped weights:
+    fp32, prefix-free, strictly loadable, named by its sha256, with its accuracy on the test set
+    and on the first SUBSET test images (CPU, fp32) in the manifest. `record` (e.g. the run's
+    seed and final accuracy during training) is stored beside them."""
+    from fastcifar.evaluate import evaluate_model
+
+    weights_dir = Path(weights_dir)
+    state, path = checkpoint_state(source)
+    model = build_model(model_name(name), num_classes=10)
+    load_into(model, state, path)  # strict: a wrong depth fails here, not for a user later
+    plain = {k: (v.float() if v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items()}
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    tmp = weights_dir / f".{name}.tmp{os.getpid()}"
+    torch.save(plain, tmp)
+    digest = sha256(tmp)
+    final = weights_dir / f"{name}-{digest[:8]}.pt"
+    os.replace(tmp, final)
+    entry = {
+        "file": final.name,
+        "sha256": digest,
+        "model": model_name(name),
+        "dataset": "cifar10",
+        "exported_from": path.name,
+        "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "test": evaluate_model(model, data_root),
+        f"test_first_{SUBSET}": evaluate_model(model, data_root, limit=SUBSET),
+        **({"run": record} if record else {}),
+    }
+    manifest = read_manifest(weights_dir)
+    old = manifest["weights"].get(name, {}).get("file")
+    manifest["weights"][name] = entry
+    manifest["weights"] = dict(sorted(manifest["weights"].items()))
+    tmp = weights_dir / f".{MANIFEST}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, weights_dir / MANIFEST)
+    if old and old != final.name:
+        (weights_dir / old).unlink(missing_ok=True)
+    return entry
