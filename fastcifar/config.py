@@ -54,6 +54,7 @@ class LoaderConfig:
     workers: int = 4  # CPU worker processes (torchvision backend)
     eval_batch_size: int = 1000  # global
     dtype: str = "float32"  # images handed to the model: float32 | float16 | bfloat16
+    dali_prefetch: int = 0  # dali: batches scheduled ahead by the pipelined executor; 0 runs each batch synchronously
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(len(a.mean) == 3, "augment.mean", "3 values, one per channel")
     need(len(a.std) == 3 and all(v > 0 for v in a.std), "augment.std", "3 positive values")
     need(ld.workers >= 0, "loader.workers", "an integer >= 0")
+    need(ld.dali_prefetch >= 0, "loader.dali_prefetch", "an integer >= 0 (0: synchronous)")
     need(ld.eval_batch_size > 0, "loader.eval_batch_size", "an integer > 0")
     need(o.lr > 0, "optim.lr", "a learning rate > 0")
     need(0 <= o.momentum < 1, "optim.momentum", "a value in [0, 1)")

@@ -124,3 +124,53 @@ def test_torch_gpu_on_cuda_matches_cpu_and_counts_eval_once():
     mirrored = (px == src.flip(-1)).flatten(1).all(1)
     assert ((px == src).flatten(1).all(1) | mirrored).all()
     assert 0.4 < mirrored.float().mean().item() < 0.6
+
+
+def with_prefetch(cfg, prefetch: int, device: str = "cpu"):
+    return dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, dali_prefetch=prefetch, device=device))
+
+
+def epochs_of(loader, epochs, stop_early_in=None):
+    """Every batch of each epoch; in epoch `stop_early_in` the loop is left after two batches."""
+    seen = []
+    for epoch in epochs:
+        loader.set_epoch(epoch)
+        for i, (x, y) in enumerate(loader):
+            seen.append((epoch, x.float().cpu(), y.cpu()))
+            if epoch == stop_early_in and i == 1:
+                break
+    return seen
+
+
+@pytest.mark.parametrize("which", ["train", "test"])
+def test_prefetching_executor_gives_the_synchronous_batches(which):
+    """dali_prefetch > 0 runs batches ahead; the trainer must see exactly what it sees without,
+    also after an epoch it left before the end, and with the eval split's partial last batch."""
+    data = split(300)
+    base = make_cfg(backend="dali", batch=64, **FULL)
+    runs = {}
+    for prefetch in (0, 2, 3):
+        loader = build_loader(with_prefetch(base, prefetch), which, data, torch.device("cpu"))
+        runs[prefetch] = epochs_of(loader, [0, 1, 1, 2], stop_early_in=1)
+    assert len(runs[0]) == len(runs[2]) == len(runs[3]) > 8
+    for prefetch in (2, 3):
+        for (e0, x0, y0), (e1, x1, y1) in zip(runs[0], runs[prefetch]):
+            assert e0 == e1 and torch.equal(y0, y1) and torch.equal(x0, x1)
+
+
+def test_negative_prefetch_is_a_clear_error(tmp_path):
+    from fastcifar import config as config_lib
+
+    with pytest.raises(ConfigError, match=r"loader.dali_prefetch: -1 is invalid: expected an integer >= 0"):
+        config_lib.load(None, ["--loader.dali_prefetch=-1"])
+
+
+@pytest.mark.cuda
+@cuda
+def test_dali_gpu_prefetch_equals_synchronous():
+    data = split(600)
+    base = make_cfg(backend="dali", batch=128, **FULL)
+    runs = {p: epochs_of(build_loader(with_prefetch(base, p, "gpu"), "train", data, torch.device("cuda")), [0, 1])
+            for p in (0, 2)}
+    for (_, x0, y0), (_, x1, y1) in zip(runs[0], runs[2]):
+        assert torch.equal(y0, y1) and torch.equal(x0, x1)
