@@ -1,0 +1,52 @@
+"""benchmarks/export_weights.py: the median-seed run of each depth becomes the shipped weights."""
+
+import json
+import subprocess
+import sys
+
+import torch
+from conftest import REPO
+
+from fastcifar import hub
+from fastcifar.models import build_model
+
+
+def write_runs(results, weights_from, finals):
+    for seed, top1 in enumerate(finals):
+        (results / f"paper_resnet20_seed{seed}.json").write_text(json.dumps(
+            {"kind": "paper_run", "depth": 20, "seed": seed, "final_top1": top1, "final_top5": 99.0}))
+        torch.manual_seed(seed)
+        torch.save(build_model("resnet20").state_dict(), weights_from / f"resnet20-seed{seed}.pt")
+
+
+def export(*args):
+    return subprocess.run([sys.executable, "benchmarks/export_weights.py", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_median_seed_is_exported(tmp_path, synthetic_root):
+    results, weights_from, weights = tmp_path / "results", tmp_path / "from", tmp_path / "weights"
+    results.mkdir(), weights_from.mkdir()
+    write_runs(results, weights_from, [91.9, 91.2, 92.4])  # the median is seed 0
+    result = export("--weights-from", weights_from, "--data-root", synthetic_root,
+                    "--results-dir", results, "--weights-dir", weights)
+    assert result.returncode == 0, result.stderr
+    entry = hub.read_manifest(weights)["weights"]["cifar10_resnet20"]
+    assert entry["run"]["seed"] == 0 and entry["run"]["seeds"] == [0, 1, 2]
+    shipped = hub.get_model("cifar10_resnet20", pretrained=True, weights_dir=weights)
+    expected = torch.load(weights_from / "resnet20-seed0.pt", weights_only=True)
+    assert all(torch.equal(v, expected[k]) for k, v in shipped.state_dict().items())
+
+
+def test_too_few_seeds_or_missing_weights_are_one_line_errors(tmp_path, synthetic_root):
+    results, weights_from = tmp_path / "results", tmp_path / "from"
+    results.mkdir(), weights_from.mkdir()
+    write_runs(results, weights_from, [91.9, 91.2])
+    result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
+                    "--weights-dir", tmp_path / "w")
+    assert result.returncode == 2 and "resnet20: 2 finished run(s)" in result.stderr
+    write_runs(results, weights_from, [91.9, 91.2, 92.4])
+    (weights_from / "resnet20-seed0.pt").unlink()
+    result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
+                    "--weights-dir", tmp_path / "w")
+    assert result.returncode == 2 and "the median run (seed 0) has no weights at" in result.stderr
