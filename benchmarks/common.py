@@ -28,6 +28,7 @@ BASE_CONFIG = REPO / "configs" / "resnet20.yml"  # every key listed; loaders rea
 
 # He et al. 2016, Table 6: CIFAR-10 test error -> top-1 accuracy, for the depths the paper trained.
 PAPER_TOP1 = {20: 91.25, 32: 92.49, 44: 92.83, 56: 93.03, 110: 93.39, 1202: 92.07}
+PAPER_TABLE_DEPTHS = (20, 32, 44, 56, 110)  # benchmarks/reproduce.py's table (ResNet-1202 aside)
 
 # The backends this project knows of. They register in pipelines.LOADERS when their module imports;
 # one that has not (not written yet, or its import failed) is reported as an error entry, not a crash.

@@ -8,7 +8,9 @@
 Writes <out-dir>/report.md, one <result-file-stem>.png per result file (images/s bars per depth and
 loader; accuracy-versus-time curves), and, with --readme, replaces what lies between
 ``<!-- BEGIN GENERATED: throughput -->`` and ``<!-- END GENERATED: throughput -->`` (and the same
-for ``time_to_accuracy``). With no results a section reads "Not measured yet."
+for ``time_to_accuracy``, and for ``paper`` where the README has those markers). With no results a
+section reads "Not measured yet."; the paper table (all paper_run files of benchmarks/reproduce.py in
+one table) then still lists the published figures, with "not measured" beside them.
 matplotlib is imported only to draw the plots; without it the tables are still written.
 """
 
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -26,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is n
 
 from benchmarks import common  # noqa: E402
 
-KINDS = ("throughput", "time_to_accuracy")
+KINDS = ("throughput", "time_to_accuracy", "paper_run")
+IGNORED_KINDS = ("paper_status",)  # reproduce.py's progress file, beside its results
 NOT_MEASURED = "Not measured yet."
 DASH = "—"
 
@@ -253,6 +257,76 @@ def time_to_accuracy_plot(result: dict, path: Path) -> Path:
     return save(fig, path)
 
 
+# ---- the paper's table -----------------------------------------------------------------------------
+# CIFAR-10 test top-1 (%). He et al. 2016 (Table 6) give error rates; akamaster/pytorch_resnet_cifar10
+# reports the best epoch of its runs. The goal is what this project aims at with final-epoch figures.
+AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
+GOAL_TOP1 = {20: 91.7, 32: 92.6, 44: 93.1, 56: 93.4, 110: 93.7}
+NOT_RUN = "not measured"
+
+
+def final_cell(values: list[float]) -> str:
+    """'mean ± sample std' over seeds; '—' for the std of a single run."""
+    mean, std = common.mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f} ± {DASH}"
+
+
+def signed(value: float) -> str:
+    return f"{value:+.2f}" if round(value, 2) else "+0.00"  # never '-0.00'
+
+
+def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
+    """CIFAR-10 runs by depth, one per (depth, seed): the latest when a seed was run again."""
+    latest: dict[tuple[int, int], dict] = {}
+    for r in results:
+        if r.get("dataset", "cifar10") != "cifar10":
+            print(f"report.py: paper table: skipping resnet{r['depth']} seed {r['seed']} on {r['dataset']}",
+                  file=sys.stderr)
+            continue
+        key = (r["depth"], r["seed"])
+        if key in latest:
+            print(f"report.py: paper table: resnet{key[0]} seed {key[1]} appears twice; the latest counts",
+                  file=sys.stderr)
+        if key not in latest or r.get("finished_at", "") >= latest[key].get("finished_at", ""):
+            latest[key] = r
+    by_depth: dict[int, list[dict]] = {}
+    for (depth, _seed), r in sorted(latest.items()):
+        by_depth.setdefault(depth, []).append(r)
+    return by_depth
+
+
+def paper_markdown(results: list[dict]) -> str:
+    by_depth = paper_runs(results)
+    epochs = sorted({r["epochs"] for runs in by_depth.values() for r in runs})
+    lines = ["CIFAR-10 test accuracy (%) of `benchmarks/reproduce.py` runs: the FINAL epoch of each run, "
+             "mean ± sample std over seeds; no epoch or run is selected on the test set. The best top-1 "
+             "seen during a run is shown for comparison with best-of-run figures only, not used for "
+             "selection. Paper: He et al. 2016, Table 6 (from its error rates); akamaster: "
+             "pytorch_resnet_cifar10, best epoch of a run."
+             + (f" Runs of {', '.join(map(str, epochs))} epochs." if epochs else ""), ""]
+    rows = []
+    for depth in sorted({*common.PAPER_TABLE_DEPTHS, *by_depth}):
+        runs = by_depth.get(depth, [])
+        goal = GOAL_TOP1.get(depth)
+        reference = [num(common.PAPER_TOP1.get(depth), 2), num(AKAMASTER_TOP1.get(depth), 2), num(goal, 1)]
+        if not runs:
+            rows.append([depth, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN, *reference, NOT_RUN, NOT_RUN, NOT_RUN])
+            continue
+        top1 = [r["final_top1"] for r in runs]
+        best = [r["best_top1_seen"] for r in runs if r.get("best_top1_seen") is not None]
+        minutes = statistics.median(r["train_seconds"] / 60 for r in runs)
+        gpus = ", ".join(dict.fromkeys(cell(r.get("device") or "?") for r in runs))
+        rows.append([
+            depth, f"{len(runs)} ({', '.join(str(r['seed']) for r in runs)})", final_cell(top1),
+            final_cell([r["final_top5"] for r in runs]), num(statistics.fmean(best), 2) if best else DASH,
+            *reference, signed(common.mean_std(top1)[0] - goal) if goal is not None else DASH,
+            gpus, num(minutes, 1)])
+    lines.append(common.markdown_table(
+        ["depth", "runs (seeds)", "final top-1", "final top-5", "best-seen top-1 mean (not used for selection)",
+         "paper", "akamaster best-of-run", "goal", "mean − goal", "GPU", "median train min/run"], rows))
+    return "\n".join(lines)
+
+
 # ---- files -----------------------------------------------------------------------------------------
 def pyplot():
     import matplotlib
@@ -274,7 +348,10 @@ def save(fig, path: Path) -> Path:
 
 
 MARKDOWN = {"throughput": throughput_markdown, "time_to_accuracy": time_to_accuracy_markdown}
+ONE_TABLE = {"paper_run": paper_markdown}  # every file of these kinds in one table, without plots
 PLOTS = {"throughput": throughput_plot, "time_to_accuracy": time_to_accuracy_plot}
+MARKERS = {"throughput": "throughput", "time_to_accuracy": "time_to_accuracy", "paper_run": "paper"}
+OPTIONAL_MARKERS = ("paper_run",)  # READMEs from before the paper table keep working
 
 
 def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
@@ -287,6 +364,8 @@ def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
             print(f"report.py: skipping {path}: {e}", file=sys.stderr)
             continue
         kind = data.get("kind") if isinstance(data, dict) else None
+        if kind in IGNORED_KINDS:
+            continue
         if kind not in found:
             print(f"report.py: skipping {path}: not a benchmark result (kind {kind!r})", file=sys.stderr)
             continue
@@ -298,6 +377,8 @@ def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
 
 def section(kind: str, results: list[tuple[Path, dict]], plots: dict[Path, Path], link_from: Path) -> str:
     """Every result of one kind, with its plot linked relative to the folder of the Markdown file."""
+    if kind in ONE_TABLE:
+        return ONE_TABLE[kind]([data for _path, data in results])
     if not results:
         return NOT_MEASURED
     parts = []
@@ -313,6 +394,8 @@ def section(kind: str, results: list[tuple[Path, dict]], plots: dict[Path, Path]
 def write_plots(found, out_dir: Path) -> dict[Path, Path]:
     plots = {}
     for kind, results in found.items():
+        if kind not in PLOTS:
+            continue
         for path, data in results:
             try:
                 plots[path] = PLOTS[kind](data, out_dir / f"{path.stem}.png")
@@ -322,7 +405,8 @@ def write_plots(found, out_dir: Path) -> dict[Path, Path]:
     return plots
 
 
-TITLES = {"throughput": "Throughput", "time_to_accuracy": "Time to accuracy"}
+TITLES = {"throughput": "Throughput", "time_to_accuracy": "Time to accuracy",
+          "paper_run": "Reproducing the paper's table"}
 
 
 def report_markdown(found, plots, out_dir: Path) -> str:
@@ -336,8 +420,12 @@ def report_markdown(found, plots, out_dir: Path) -> str:
 def rewrite_readme(readme: Path, found, plots) -> None:
     text = readme.read_text()
     for kind in KINDS:
-        begin, end = f"<!-- BEGIN GENERATED: {kind} -->", f"<!-- END GENERATED: {kind} -->"
+        begin, end = f"<!-- BEGIN GENERATED: {MARKERS[kind]} -->", f"<!-- END GENERATED: {MARKERS[kind]} -->"
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if not pattern.search(text) and kind in OPTIONAL_MARKERS:
+            print(f"report.py: {readme} has no '{begin}' markers; its {kind} table is not written",
+                  file=sys.stderr)
+            continue
         if not pattern.search(text):
             raise SystemExit(f"report.py: error: {readme} has no '{begin}' ... '{end}' markers")
         body = section(kind, found[kind], plots, readme.resolve().parent)
