@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_suite.sh validate     # CUDA tests, one-epoch runs (python and torchrun/NCCL)
 #   bash benchmarks/gpu_suite.sh throughput [throughput.py options]
 #   bash benchmarks/gpu_suite.sh tta [time_to_accuracy.py options]
+#   bash benchmarks/gpu_suite.sh dali                  # DALI loader alone: synchronous vs prefetching executor
+#   bash benchmarks/gpu_suite.sh paper [reproduce.py options]   # call again until every run is finished
 #
 # Writes under $OUT (default ./gpu_out): suite.log and one JSON per part. DATA_ROOT (default
 # /root/data, where ../shared/gpu/unpack.sh puts CIFAR-10) must hold cifar10/{train,test}.npz.
@@ -64,8 +66,30 @@ PY
       --run-root /tmp/tta-runs --out "$OUT/time_to_accuracy.json" "$@"
     tail -30 "$log"
     ;;
+  dali)
+    for prefetch in 0 2 4; do
+      step "dali-prefetch-$prefetch" 150 python3 benchmarks/throughput.py --depths 20 --loaders dali \
+        --no-baseline --dali-prefetch "$prefetch" --out "$OUT/dali_prefetch$prefetch.json"
+    done
+    tail -30 "$log"
+    ;;
+  paper)
+    # Seed-recipe runs on the DALI backend; they live in /root/paper-runs while the machine is held,
+    # so consecutive calls resume them. Results come back as one tar, plus the final weights of
+    # runs that finished since the last call (at most 7 files per call come back with the tar).
+    step paper 585 python3 benchmarks/reproduce.py --data-root "$DATA_ROOT" --runs-dir /root/paper-runs \
+      --out /root/paper-results --deadline 450 --grace 60 --loader.name=dali --train.checkpoint_every=5 "$@"
+    tar czf "$OUT/paper_results.tgz" -C /root/paper-results . && touch /root/paper-shipped.txt
+    for w in /root/paper-runs/*.pt; do
+      [[ -f $w ]] || continue
+      grep -qxF "$w" /root/paper-shipped.txt && continue
+      (( $(ls "$OUT" | wc -l) >= 8 )) && { echo "more weights next call: $w"; continue; }
+      cp "$w" "$OUT/" && echo "$w" >> /root/paper-shipped.txt
+    done
+    tail -25 "$log"
+    ;;
   *)
-    echo "unknown part $part: expected validate, throughput or tta" >&2
+    echo "unknown part $part: expected validate, throughput, tta, dali or paper" >&2
     exit 2
     ;;
 esac
