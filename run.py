@@ -31,8 +31,9 @@ def main(argv: list[str]) -> int:
 
         summary = Trainer(cfg).fit()
         if not summary["finished"]:
-            print(f"run.py: stopped after epoch {summary['epochs']}/{cfg.train.epochs} with a checkpoint "
-                  f"in {cfg.train.run_dir}; continue with --resume", file=sys.stderr)
+            if distributed.rank_from_env() == 0:
+                print(f"run.py: stopped after epoch {summary['epochs']}/{cfg.train.epochs} with a checkpoint "
+                      f"in {cfg.train.run_dir}; continue with --resume", file=sys.stderr)
             return 3
     except FastcifarError as e:
         print(f"run.py: error: {e}", file=sys.stderr)

@@ -25,14 +25,23 @@ MIN_SEEDS = 3
 
 
 def paper_runs(results_dir: Path) -> dict[int, list[tuple[Path, dict]]]:
-    runs: dict[int, list] = {}
+    """Finished CIFAR-10 paper runs by depth; a (depth, seed) run more than once counts once, its
+    latest result (as in report.py's table)."""
+    latest: dict[tuple[int, int], tuple[Path, dict]] = {}
     for path in sorted(results_dir.glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and data.get("kind") == "paper_run":
-            runs.setdefault(int(data["depth"]), []).append((path, data))
+        if not (isinstance(data, dict) and data.get("kind") == "paper_run" and data.get("final_top1") is not None
+                and data.get("dataset", "cifar10") == "cifar10"):
+            continue
+        key = (int(data["depth"]), int(data["seed"]))
+        if key not in latest or data.get("finished_at", "") >= latest[key][1].get("finished_at", ""):
+            latest[key] = (path, data)
+    runs: dict[int, list] = {}
+    for (depth, _seed), item in sorted(latest.items()):
+        runs.setdefault(depth, []).append(item)
     return runs
 
 

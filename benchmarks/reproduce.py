@@ -5,7 +5,8 @@ No epoch is picked on the test set; the best accuracy seen along the way is reco
 used for selection, only to compare with best-of-run figures published elsewhere.
 
 Each (depth, seed) is one `python run.py` subprocess in <runs-dir>/resnet<depth>-seed<seed>, up to
---parallel at once (deeper models first), sharing the machine. Where commands may only run for a
+--parallel at once, in the order of --depths, then --seeds, sharing the machine (list the deepest
+first to pack long runs early; the shallowest first to finish the most runs before a hard end). Where commands may only run for a
 while (e.g. 10 minutes), --deadline bridges long runs: at the deadline every run gets SIGTERM, saves a
 checkpoint after its current epoch and stops; calling the same command again resumes each run from its
 checkpoint, collects the ones that finished, and starts nothing that is done. Choose --deadline plus
@@ -339,7 +340,7 @@ class StopRequest:
 
 def drive(args) -> str | None:
     """Run what is not finished until done, the deadline or a stop request; returns why it stopped."""
-    queue = sorted((r for r in args.runs if r.state == "pending"), key=lambda r: (-r.depth, r.seed))
+    queue = [r for r in args.runs if r.state == "pending"]
     running: list[Run] = []
     term_at, reason = None, None
     with StopRequest() as stop:

@@ -171,6 +171,12 @@ def train_one(cfg, dist, target: float, paper: float | None) -> dict:
     setup_seconds = time.perf_counter() - start
     records: list[dict] = []
     summary = trainer.fit(on_epoch_end=records.append)
+    if not summary["finished"]:  # SIGTERM or Ctrl-C: a shortened run must not count as a recipe's result
+        if dist.is_main:
+            print(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} after epoch "
+                  f"{summary['epochs']}/{cfg.train.epochs}; depths finished before it are in the result file",
+                  file=sys.stderr, flush=True)
+        raise SystemExit(3)
     return run_record(cfg, summary, records, setup_seconds, len(trainer.train_loader), target, paper)
 
 

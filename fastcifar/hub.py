@@ -63,7 +63,10 @@ def weights_entry(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> dict:
         have = ", ".join(sorted(shipped)) or "none yet"
         raise HubError(f"no pretrained weights for {name} in {weights_dir} (shipped: {have}); "
                        "train them with benchmarks/reproduce.py and export them with fastcifar.hub.export_weights")
-    return shipped[name]
+    entry = shipped[name]
+    if not isinstance(entry, dict) or not {"file", "sha256"} <= set(entry):
+        raise HubError(f"{Path(weights_dir) / MANIFEST}: the entry for {name} needs 'file' and 'sha256'")
+    return entry
 
 
 def sha256(path: str | Path) -> str:
@@ -91,7 +94,7 @@ def get_model(name: str, pretrained: bool = False, weights_dir: str | Path = WEI
     """A CIFAR-10 ResNet by hub name; with pretrained, its shipped weights, loaded strictly."""
     model = build_model(model_name(name), num_classes=10, **kwargs)
     if pretrained:
-        ckpt.load_model_state(model, load_weights(name, weights_dir))
+        load_into(model, load_weights(name, weights_dir), Path(weights_dir) / weights_entry(name, weights_dir)["file"])
     return model
 
 
@@ -146,6 +149,8 @@ def export_weights(source: str | Path, name: str, data_root: str | Path,
     load_into(model, state, path)  # strict: a wrong depth fails here, not for a user later
     plain = {k: (v.float() if v.is_floating_point() else v).contiguous()
              for k, v in model.state_dict().items()}
+    test = evaluate_model(model, data_root)  # before anything is written: a bad data root leaves nothing
+    subset = evaluate_model(model, data_root, limit=SUBSET)
     weights_dir.mkdir(parents=True, exist_ok=True)
     tmp = weights_dir / f".{name}.tmp{os.getpid()}"
     torch.save(plain, tmp)
@@ -160,8 +165,8 @@ def export_weights(source: str | Path, name: str, data_root: str | Path,
         "exported_from": path.name,
         "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "test": evaluate_model(model, data_root),
-        f"test_first_{SUBSET}": evaluate_model(model, data_root, limit=SUBSET),
+        "test": test,
+        f"test_first_{SUBSET}": subset,
         **({"run": record} if record else {}),
     }
     manifest = read_manifest(weights_dir)

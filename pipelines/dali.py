@@ -98,9 +98,13 @@ class DaliLoader(EpochPlan):
         host = torch.from_numpy(spec.data.images)
         self.images = host.to(spec.device) if self.device == "gpu" else host  # uploaded once
         self.labels = torch.from_numpy(spec.data.labels).to(spec.device)
-        self._stream = torch.cuda.current_stream(spec.device).cuda_stream if self.device == "gpu" else None
         if self.prefetch:
             self._warm_up()
+
+    @property
+    def _stream(self) -> int | None:
+        """torch's current stream, read at each use: the gather and DALI's copy must share it."""
+        return torch.cuda.current_stream(self.spec.device).cuda_stream if self.device == "gpu" else None
 
     def _feed_draws(self, n: int, key: int | None) -> None:
         """The per-sample argument inputs of one batch; key None: no augmentation (warm-up)."""

@@ -130,12 +130,18 @@ def with_prefetch(cfg, prefetch: int, device: str = "cpu"):
     return dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, dali_prefetch=prefetch, device=device))
 
 
-def epochs_of(loader, epochs, stop_early_in=None):
-    """Every batch of each epoch; in epoch `stop_early_in` the loop is left after two batches."""
+def epochs_of(loader, epochs, stop_early_in=None, churn=False):
+    """Every batch of each epoch; in epoch `stop_early_in` the loop is left after two batches.
+    churn: allocate and fill batch-sized tensors between batches, so freed memory is reused at once
+    (a buffer still read or written by DALI would then show up as wrong pixels)."""
     seen = []
     for epoch in epochs:
         loader.set_epoch(epoch)
         for i, (x, y) in enumerate(loader):
+            if churn:
+                junk = [torch.full_like(x, float("nan")) for _ in range(3)]
+                junk += [torch.full(x.shape, 255, dtype=torch.uint8, device=x.device) for _ in range(3)]
+                del junk
             seen.append((epoch, x.float().cpu(), y.cpu()))
             if epoch == stop_early_in and i == 1:
                 break
@@ -170,7 +176,7 @@ def test_negative_prefetch_is_a_clear_error(tmp_path):
 def test_dali_gpu_prefetch_equals_synchronous():
     data = split(600)
     base = make_cfg(backend="dali", batch=128, **FULL)
-    runs = {p: epochs_of(build_loader(with_prefetch(base, p, "gpu"), "train", data, torch.device("cuda")), [0, 1])
-            for p in (0, 2)}
+    runs = {p: epochs_of(build_loader(with_prefetch(base, p, "gpu"), "train", data, torch.device("cuda")), [0, 1],
+                         churn=True) for p in (0, 2)}
     for (_, x0, y0), (_, x1, y1) in zip(runs[0], runs[2]):
         assert torch.equal(y0, y1) and torch.equal(x0, x1)

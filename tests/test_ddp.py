@@ -92,7 +92,8 @@ def _signalled_rank_main(rank: int, world: int, port: int, root: str, out: str):
     from fastcifar.training import Trainer
 
     cfg = config.load(REPO / "configs" / "resnet20.yml",
-                      tiny_overrides(Path(root), Path(out) / "run", **{"train.epochs": 3}), world)
+                      tiny_overrides(Path(root), Path(out) / "run", **{"train.epochs": 3,
+                                                                        "train.checkpoint_every": 100}), world)
 
     def signal_rank_one(record):
         if rank == 1 and record["epoch"] == 1:

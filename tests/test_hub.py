@@ -134,3 +134,24 @@ def test_shipped_weights_load_strictly_and_reach_their_recorded_accuracy(name, e
     assert measured["images"] == recorded["images"] == hub.SUBSET
     # the same fp32 arithmetic; another CPU may sum in another order and flip an image or two
     assert abs(measured["top1"] - recorded["top1"]) <= 0.3 and abs(measured["top5"] - recorded["top5"]) <= 0.3
+
+
+def test_a_failed_export_leaves_no_file(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ckpt.save_checkpoint(ckpt.checkpoint_path(run_dir, 1), {"model": build_model("resnet20").state_dict()})
+    with pytest.raises(Exception, match="CIFAR-10 not found under"):
+        hub.export_weights(run_dir, "cifar10_resnet20", tmp_path / "no-data", tmp_path / "weights")
+    assert not (tmp_path / "weights").exists() or not any((tmp_path / "weights").iterdir())
+
+
+def test_shipped_weights_of_another_model_are_a_one_line_error(exported):
+    _model, weights, entry = exported
+    path = weights / entry["file"]
+    torch.save(build_model("resnet32").state_dict(), path)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    manifest["weights"]["cifar10_resnet20"]["sha256"] = hub.sha256(path)
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(hub.HubError, match=r"does not hold a CifarResNet of depth 20") as info:
+        hub.get_model("cifar10_resnet20", pretrained=True, weights_dir=weights)
+    assert "\n" not in str(info.value)

@@ -205,7 +205,9 @@ def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(syntheti
 
     from conftest import REPO, tiny_overrides
 
-    extra = dict(train__epochs=4, train__deterministic=True, train__keep_checkpoints=1)
+    # checkpoint_every 100: the checkpoint a stopped run leaves can only come from the stop itself
+    extra = dict(train__epochs=4, train__deterministic=True, train__keep_checkpoints=1,
+                 train__checkpoint_every=100)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count for both runs: same sums
 
     def command(run_dir):
@@ -225,7 +227,7 @@ def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(syntheti
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=240)
     assert proc.returncode == 3, err[-2000:]
-    assert "continue with --resume" in err
+    assert "continue with --resume" in err and "SIGTERM: stopping after this epoch" in err
     stopped = [r for r in records(run_dir) if r.get("event") == "stopped"]
     assert len(stopped) == 1 and stopped[0]["signal"] == "SIGTERM"
     epoch = stopped[0]["epoch"]
@@ -238,3 +240,11 @@ def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(syntheti
     assert json.loads((run_dir / "summary.json").read_text())["finished"] is True
     assert_same_weights(final_weights(tmp_path / "whole"), final_weights(run_dir))
     assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0004.pt"]  # keep 1
+
+
+def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root, tmp_path):
+    first = Trainer(tiny_config(synthetic_root, tmp_path / "run")).fit()
+    again = Trainer(tiny_config(synthetic_root, tmp_path / "run", train__resume=True)).fit()
+    assert again["finished"] and again["epochs"] == first["epochs"]
+    assert again["final_top1"] == pytest.approx(first["final_top1"])
+    assert again["final_top5"] == pytest.approx(first["final_top5"])

@@ -5,6 +5,7 @@ loses nothing. A second Ctrl-C stops at once, as Python normally does."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 import torch
@@ -19,25 +20,33 @@ class GracefulStop:
     Only the main thread can install signal handlers; elsewhere (e.g. a notebook's worker thread)
     the signals keep their usual effect."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.signal_name: str | None = None
+        self.announce = announce  # rank 0 says what happens; the other ranks stay quiet
         self._previous: dict = {}
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. nohup: the caller wants it ignored
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # None: a handler installed from C, which Python cannot reinstall; the default is closest
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        first = self.signal_name is None
         self.signal_name = signal.Signals(signum).name
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: stop now
+        if first and self.announce:
+            print(f"\n{self.signal_name}: stopping after this epoch with a checkpoint "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def requested(self, device: torch.device) -> bool:
         """Whether any rank was signalled: every rank must stop after the same epoch, or the

@@ -200,7 +200,9 @@ class Trainer:
         cfg = self.cfg.train
         last = {}
         start = time.perf_counter()
-        with GracefulStop() as stop:
+        if self.epoch >= cfg.epochs:  # resumed after its last epoch: report the final model again
+            last = {**self.evaluate(), "epoch": self.epoch}
+        with GracefulStop(announce=self.main) as stop:
             while self.epoch < cfg.epochs:
                 record = self.train_epoch()
                 self.epoch += 1
