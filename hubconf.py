@@ -2,5 +2,11 @@
 
 dependencies = ["torch", "numpy", "yaml"]
 
-from fastcifar.hub import (cifar10_resnet20, cifar10_resnet32, cifar10_resnet44,  # noqa: E402, F401
-                           cifar10_resnet56, cifar10_resnet110, cifar10_resnet1202)
+from fastcifar.hub import (  # noqa: E402, F401
+    cifar10_resnet20,
+    cifar10_resnet32,
+    cifar10_resnet44,
+    cifar10_resnet56,
+    cifar10_resnet110,
+    cifar10_resnet1202,
+)

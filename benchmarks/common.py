@@ -53,24 +53,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def arg_type(convert, ok, what: str):
+    """An argparse type: convert the text, then check it; either failure says what was expected."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+positive_int = arg_type(int, lambda v: v > 0, "a positive integer")
+non_negative_int = arg_type(int, lambda v: v >= 0, "an integer >= 0")
+non_negative_seconds = arg_type(float, lambda v: v >= 0, "seconds >= 0")
+percentage = arg_type(float, lambda v: 0 < v <= 100, "a percentage in (0, 100]")
 
 
 def depth(text: str) -> int:

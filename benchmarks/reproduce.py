@@ -70,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0, 1, 2],
                    help="train.seed of each run")
     p.add_argument("--parallel", type=common.positive_int, default=1, help="runs at once")
-    p.add_argument("--deadline", type=seconds, default=None,
+    p.add_argument("--deadline", type=common.non_negative_seconds, default=None,
                    help="seconds after start at which running runs are stopped (default: none)")
-    p.add_argument("--min-start", type=seconds, default=60.0,
+    p.add_argument("--min-start", type=common.non_negative_seconds, default=60.0,
                    help="start no run with less than this many seconds left before the deadline")
-    p.add_argument("--grace", type=seconds, default=90.0,
+    p.add_argument("--grace", type=common.non_negative_seconds, default=90.0,
                    help="seconds a run has after SIGTERM to finish its epoch before SIGKILL")
     p.add_argument("--config-dir", type=Path, default=common.REPO / "configs",
                    help="where resnet<depth>.yml are")
@@ -84,16 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR,
                    help="folder for the result files and reproduce_status.json")
     return p
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
 
 
 @dataclasses.dataclass

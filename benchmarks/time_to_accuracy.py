@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", type=common.depth, nargs="+", default=list(PAPER_DEPTHS),
                    help="ResNet depths (6n+2)")
     p.add_argument("--seeds", type=common.positive_int, default=3, help="runs per recipe (seeds 0..N-1)")
-    p.add_argument("--target", type=target_accuracy, default=92.0, help="test top-1 accuracy, percent")
+    p.add_argument("--target", type=common.percentage, default=92.0, help="test top-1 accuracy, percent")
     p.add_argument("--epochs", type=common.positive_int, nargs="+", default=None,
                    help="recipe lengths to try (default: the recipe's train.epochs); the fastest whose "
                         "mean final accuracy reaches the target counts")
@@ -81,16 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file (default: benchmarks/results/time_to_accuracy-<device>.json)")
     return p
-
-
-def target_accuracy(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"expected a percentage in (0, 100], got {text!r}")
-    return value
 
 
 def parse_args(argv: list[str] | None):

@@ -21,8 +21,14 @@ from fastcifar.data import load_cifar
 from fastcifar.errors import ConfigError, DataError
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
-from fastcifar.training.engine import (TrainStep, average_buffers, build_optimizer, evaluate,
-                                       prepare_model, resolve_runtime)
+from fastcifar.training.engine import (
+    TrainStep,
+    average_buffers,
+    build_optimizer,
+    evaluate,
+    prepare_model,
+    resolve_runtime,
+)
 from fastcifar.training.schedule import LRSchedule
 from fastcifar.training.stopping import GracefulStop
 from pipelines import build_loader
