@@ -30,6 +30,7 @@ def main(argv: list[str]) -> int:
         from fastcifar.training import Trainer
 
         summary = Trainer(cfg).fit()
+        distributed.cleanup(finished=True)
         if not summary["finished"]:
             if distributed.rank_from_env() == 0:
                 print(f"run.py: stopped after epoch {summary['epochs']}/{cfg.train.epochs} with a checkpoint "

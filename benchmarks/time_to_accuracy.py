@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"time_to_accuracy.py: error: {e}", file=sys.stderr)
         return 2
     try:
-        return run(args, dist)
+        code = run(args, dist)
+        dist_lib.cleanup(finished=True)
+        return code
     except FastcifarError as e:
         print(f"time_to_accuracy.py: error: {e}", file=sys.stderr)
         return 2

@@ -78,6 +78,12 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def cleanup() -> None:
+def cleanup(finished: bool = False) -> None:
+    """Tear the process group down. finished: every rank got here normally, so first wait for the
+    others: a rank that exits while a peer still talks to it can make gloo abort that peer at exit
+    ("terminate called without an active exception"). Never wait after an error: a rank that
+    failed alone would then hang instead of exiting, and torchrun would not notice."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -35,7 +35,7 @@ def _rank_main(rank: int, world: int, port: int, root: str, out: str):
     trainer.fit()
     torch.save({"model": model_state(trainer.model), "seen": seen, "steps": trainer.step},
                Path(out) / f"rank{rank}.pt")
-    distributed.cleanup()
+    distributed.cleanup(finished=True)
 
 
 def test_two_process_gloo_ddp(synthetic_root, tmp_path):
@@ -101,7 +101,7 @@ def _signalled_rank_main(rank: int, world: int, port: int, root: str, out: str):
 
     summary = Trainer(cfg).fit(signal_rank_one)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(summary))
-    distributed.cleanup()
+    distributed.cleanup(finished=True)
 
 
 def test_sigterm_on_one_rank_stops_every_rank_after_the_same_epoch(synthetic_root, tmp_path):
