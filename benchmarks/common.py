@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -51,6 +52,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if action.default is None or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+OVERRIDE = re.compile(r"^--[A-Za-z_]\w*\.[A-Za-z_]\w*=")  # --section.key=value
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parser's own options, plus config overrides (--section.key=value) in args.overrides."""
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not OVERRIDE.match(a)]
+    if bad:
+        parser.error(f"unrecognized argument {bad[0]!r} (config overrides look like --train.epochs=10)")
+    args.overrides = rest
+    return args
 
 
 def arg_type(convert, ok, what: str):

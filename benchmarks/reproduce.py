@@ -48,7 +48,6 @@ from benchmarks import common  # noqa: E402
 from fastcifar.errors import FastcifarError  # noqa: E402
 
 SCHEMA_VERSION = 1
-OVERRIDE = re.compile(r"^--[A-Za-z_]\w*\.[A-Za-z_]\w*=")
 SET_BY = {"model.name": "--depths", "train.seed": "--seeds", "train.run_dir": "--runs-dir",
           "data.root": "--data-root"}  # an override may repeat these values, not contradict them
 CHECKPOINT = re.compile(r"checkpoint_epoch(\d+)\.pt$")
@@ -106,11 +105,7 @@ class Run:
 
 def parse_args(argv: list[str] | None):
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if not OVERRIDE.match(a)]
-    if bad:
-        parser.error(f"unrecognized argument {bad[0]!r} (config overrides look like --train.epochs=10)")
-    args.overrides = rest
+    args = common.parse_with_overrides(parser, argv)
     args.depths = list(dict.fromkeys(args.depths))
     args.seeds = list(dict.fromkeys(args.seeds))
     args.runs = plan(args, parser)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
 import statistics
 import sys
 import time
@@ -35,7 +34,6 @@ from fastcifar.errors import FastcifarError  # noqa: E402
 
 SCHEMA_VERSION = 1
 RECIPES = common.REPO / "configs" / "fast"
-OVERRIDE = re.compile(r"^--[A-Za-z_]\w*\.[A-Za-z_]\w*=")
 
 COMPILE_ESTIMATE = (
     "compile_seconds_estimate = (first_step_seconds - typical step) + (first epoch's evaluation "
@@ -85,11 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None):
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if not OVERRIDE.match(a)]
-    if bad:
-        parser.error(f"unrecognized argument {bad[0]!r} (config overrides look like --train.epochs=10)")
-    args.overrides = rest
+    args = common.parse_with_overrides(parser, argv)
     if args.epochs:
         args.epochs = list(dict.fromkeys(args.epochs))  # a repeated length would reuse run dirs
     if args.device == "cuda":
