@@ -50,7 +50,6 @@ from fastcifar.errors import FastcifarError  # noqa: E402
 SCHEMA_VERSION = 1
 SET_BY = {"model.name": "--depths", "train.seed": "--seeds", "train.run_dir": "--runs-dir",
           "data.root": "--data-root"}  # an override may repeat these values, not contradict them
-CHECKPOINT = re.compile(r"checkpoint_epoch(\d+)\.pt$")
 LAUNCH = re.compile(r"^==> reproduce\.py \S+: (.*)$")  # the line written to log.txt before each segment
 STOPPED_EXIT = 3  # run.py: stopped after an epoch with a checkpoint
 TAIL_LINES = 10
@@ -173,8 +172,10 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def checkpoint_epoch(run_dir: Path) -> int | None:
-    found = [int(m.group(1)) for p in run_dir.glob("checkpoint_epoch*.pt") if (m := CHECKPOINT.search(p.name))]
-    return max(found) if found else None
+    from fastcifar.training.checkpoint import checkpoints
+
+    found = checkpoints(run_dir)
+    return found[-1][0] if found else None
 
 
 def curve(records: list[dict]) -> list[dict]:

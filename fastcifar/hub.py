@@ -77,8 +77,8 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_weights(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> dict:
-    """The state dict shipped for `name`, after checking its sha256 against the manifest."""
+def load_weights(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> tuple[dict, Path]:
+    """The state dict shipped for `name` and its file, after checking its sha256 against the manifest."""
     entry = weights_entry(name, weights_dir)
     path = Path(weights_dir) / entry["file"]
     if not path.is_file():
@@ -86,7 +86,7 @@ def load_weights(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> dict:
     found = sha256(path)
     if found != entry["sha256"]:
         raise HubError(f"weights file {path} has sha256 {found}, but {MANIFEST} expects {entry['sha256']}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True), path
 
 
 def get_model(name: str, pretrained: bool = False, weights_dir: str | Path = WEIGHTS_DIR,
@@ -94,7 +94,7 @@ def get_model(name: str, pretrained: bool = False, weights_dir: str | Path = WEI
     """A CIFAR-10 ResNet by hub name; with pretrained, its shipped weights, loaded strictly."""
     model = build_model(model_name(name), num_classes=10, **kwargs)
     if pretrained:
-        load_into(model, load_weights(name, weights_dir), Path(weights_dir) / weights_entry(name, weights_dir)["file"])
+        load_into(model, *load_weights(name, weights_dir))
     return model
 
 

@@ -105,17 +105,20 @@ def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / f"checkpoint_epoch{epoch:04d}.pt"
 
 
+def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every checkpoint in run_dir, oldest first."""
+    return sorted((int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_epoch*.pt")
+                  if (m := _NAME.search(p.name)))
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_epoch*.pt")
-             if (m := _NAME.search(p.name))]
-    return max(found)[1] if found else None
+    found = checkpoints(run_dir)
+    return found[-1][1] if found else None
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (keep 0: delete none)."""
     if keep <= 0:
         return
-    found = sorted((int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_epoch*.pt")
-                   if (m := _NAME.search(p.name)))
-    for _epoch, path in found[:-keep]:
+    for _epoch, path in checkpoints(run_dir)[:-keep]:
         path.unlink(missing_ok=True)
