@@ -18,7 +18,7 @@ Keys and defaults:
 
 def main(argv: list[str]) -> int:
     from fastcifar import config, distributed
-    from fastcifar.errors import FastcifarError
+    from fastcifar.errors import FastcifarError, stderr_line
 
     if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
         print(USAGE + config.help_text())
@@ -33,11 +33,11 @@ def main(argv: list[str]) -> int:
         distributed.cleanup(finished=True)
         if not summary["finished"]:
             if distributed.rank_from_env() == 0:
-                print(f"run.py: stopped after epoch {summary['epochs']}/{cfg.train.epochs} with a checkpoint "
-                      f"in {cfg.train.run_dir}; continue with --resume", file=sys.stderr)
+                stderr_line(f"run.py: stopped after epoch {summary['epochs']}/{cfg.train.epochs} with a "
+                            f"checkpoint in {cfg.train.run_dir}; continue with --resume")
             return 3
     except FastcifarError as e:
-        print(f"run.py: error: {e}", file=sys.stderr)
+        stderr_line(f"run.py: error: {e}")
         return 2
     finally:
         distributed.cleanup()

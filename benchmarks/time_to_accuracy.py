@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is n
 
 from benchmarks import common  # noqa: E402
 from fastcifar import distributed as dist_lib  # noqa: E402
-from fastcifar.errors import FastcifarError  # noqa: E402
+from fastcifar.errors import FastcifarError, stderr_line  # noqa: E402
 
 SCHEMA_VERSION = 1
 RECIPES = common.REPO / "configs" / "fast"
@@ -157,9 +157,8 @@ def train_one(cfg, dist, target: float, paper: float | None) -> dict:
     summary = trainer.fit(on_epoch_end=records.append)
     if not summary["finished"]:  # SIGTERM or Ctrl-C: a shortened run must not count as a recipe's result
         if dist.is_main:
-            print(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} after epoch "
-                  f"{summary['epochs']}/{cfg.train.epochs}; depths finished before it are in the result file",
-                  file=sys.stderr, flush=True)
+            stderr_line(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} after epoch "
+                        f"{summary['epochs']}/{cfg.train.epochs}; depths finished before it are in the result file")
         raise SystemExit(3)
     return run_record(cfg, summary, records, setup_seconds, len(trainer.train_loader), target, paper)
 
@@ -297,14 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist = dist_lib.setup(args.device or "auto")
     except FastcifarError as e:
-        print(f"time_to_accuracy.py: error: {e}", file=sys.stderr)
+        stderr_line(f"time_to_accuracy.py: error: {e}")
         return 2
     try:
         code = run(args, dist)
         dist_lib.cleanup(finished=True)
         return code
     except FastcifarError as e:
-        print(f"time_to_accuracy.py: error: {e}", file=sys.stderr)
+        stderr_line(f"time_to_accuracy.py: error: {e}")
         return 2
     finally:
         dist_lib.cleanup()

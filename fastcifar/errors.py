@@ -1,5 +1,7 @@
 """User-facing errors: run.py prints these as one line instead of a traceback."""
 
+import sys
+
 
 class FastcifarError(Exception):
     """Base class for errors caused by the user's input (config, data, checkpoints)."""
@@ -15,3 +17,12 @@ class DataError(FastcifarError):
 
 class CheckpointError(FastcifarError):
     pass
+
+
+def stderr_line(text: str) -> None:
+    """Writes one line to stderr in a single write.
+
+    Under torchrun every rank shares one stderr pipe, and print() writes the newline
+    separately, so two ranks' lines could merge into one (seen in CI)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()

@@ -110,3 +110,23 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_epoch(synthetic_roo
     assert [(s["epochs"], s["finished"]) for s in summaries] == [(1, False), (1, False)]
     assert (tmp_path / "run" / "checkpoint_epoch0001.pt").is_file()
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_error_line_is_one_write(monkeypatch):
+    """Ranks share one stderr pipe: a line written in two pieces can merge with another rank's."""
+    from fastcifar.errors import stderr_line
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "stderr", recorder)
+    stderr_line("run.py: error: CIFAR-10 not found under /x")
+    assert recorder.writes == ["run.py: error: CIFAR-10 not found under /x\n"]

@@ -5,12 +5,12 @@ loses nothing. A second Ctrl-C stops at once, as Python normally does."""
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 
 import torch
 
 from fastcifar import distributed as dist_lib
+from fastcifar.errors import stderr_line
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -45,8 +45,8 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: stop now
         if first and self.announce:
-            print(f"\n{self.signal_name}: stopping after this epoch with a checkpoint "
-                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            stderr_line(f"\n{self.signal_name}: stopping after this epoch with a checkpoint "
+                        "(Ctrl-C again to stop at once)")
 
     def requested(self, device: torch.device) -> bool:
         """Whether any rank was signalled: every rank must stop after the same epoch, or the
