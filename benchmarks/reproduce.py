@@ -142,6 +142,14 @@ def plan(args, parser) -> list[Run]:
                                  f"makes it {value!r} for this run")
             if cfg.train.resume:
                 parser.error("train.resume: reproduce.py resumes runs from their checkpoints itself")
+            saved = run_dir / "config.yaml"
+            if saved.is_file():  # a run of an earlier call, finished or not: it must be this recipe
+                from fastcifar import config as config_lib
+
+                change = config_lib.recipe_change(yaml.safe_load(saved.read_text()) or {}, cfg)
+                if change is not None:
+                    parser.error(f"{run_dir} holds a run of another recipe ({change}); call with its "
+                                 "settings again, or choose another --runs-dir")
             command = [sys.executable, run_py(), str(config), *overrides]
             runs.append(Run(depth, seed, run_dir, cfg.train.epochs, command))
     return runs

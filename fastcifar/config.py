@@ -285,6 +285,27 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(t.run_dir != "", "train.run_dir", "a directory path")
 
 
+# What a run trains: resuming a run under other values would silently mix two recipes. The rest
+# (paths, loader, precision, compile, logging) says how to run it and may change, e.g. on another machine.
+RECIPE = ("model", "augment", "optim", "schedule", "data.dataset", "train.epochs", "train.batch_size",
+          "train.seed")
+
+
+def recipe_change(saved: dict, cfg: Config) -> str | None:
+    """The first recipe key whose value in cfg differs from the saved config tree, as
+    'key: saved -> new', or None when the recipes agree."""
+    current = to_dict(cfg)
+    for entry in RECIPE:
+        section, _, only = entry.partition(".")
+        for key, value in current[section].items():
+            if only and key != only:
+                continue
+            before = (saved.get(section) or {}).get(key)
+            if before != value:
+                return f"{section}.{key}: {before!r} -> {value!r}"
+    return None
+
+
 def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

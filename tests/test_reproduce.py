@@ -120,6 +120,12 @@ def test_two_seeds_in_parallel_and_a_second_call_starts_nothing(tmp_path, config
     assert {s: without_environment(r) for s, r in again.items()} == \
         {s: without_environment(r) for s, r in found.items()}
 
+    other = call([*args, "--optim.lr=0.5"])  # its runs were trained at lr 0.05: no mixing, no mislabelling
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].startswith("reproduce.py: error:")
+    assert "holds a run of another recipe (optim.lr: 0.05 -> 0.5)" in other.stderr
+    assert {p: p.read_text() for p in logs} == logs
+
 
 def test_a_deadline_stops_the_run_and_the_next_call_finishes_it(tmp_path, config_dir, synthetic_root):
     args = driver_args(tmp_path, config_dir, synthetic_root, train__epochs=EPOCHS_TO_BRIDGE)

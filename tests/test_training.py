@@ -93,6 +93,17 @@ def test_resume_without_checkpoint_is_a_clear_error(synthetic_root, tmp_path):
         Trainer(tiny_config(synthetic_root, tmp_path / "empty", train__resume=True))
 
 
+def test_resume_refuses_another_recipe_but_not_another_way_to_run_it(synthetic_root, tmp_path):
+    Trainer(tiny_config(synthetic_root, tmp_path / "run", train__epochs=2)).fit(lambda r: None)
+    for key, value in (("optim__lr", 0.5), ("train__epochs", 3), ("augment__erase_p", 0.0)):
+        with pytest.raises(ConfigError, match=rf"another recipe \({key.replace('__', '.')}: "):
+            Trainer(tiny_config(synthetic_root, tmp_path / "run", train__resume=True,
+                                **{"train__epochs": 2, key: value}))
+    resumed = Trainer(tiny_config(synthetic_root, tmp_path / "run", train__resume=True, train__epochs=2,
+                                  train__log_every=7, loader__workers=1, train__keep_checkpoints=1))
+    assert resumed.epoch == 2
+
+
 def test_checkpoint_is_atomic_prefix_free_and_weights_only(tmp_path):
     model = build_model("resnet8")
     path = tmp_path / "c.pt"

@@ -104,7 +104,12 @@ class Trainer:
         if self.cfg.train.resume:
             if latest is None:
                 raise ConfigError(f"train.resume: no checkpoint to resume from in {self.run_dir}")
-            self.load_state(ckpt.load_checkpoint(latest, map_location=self.dist.device))
+            state = ckpt.load_checkpoint(latest, map_location=self.dist.device)
+            change = config_lib.recipe_change(state["config"], self.cfg) if "config" in state else None
+            if change is not None:
+                raise ConfigError(f"train.resume: {latest} was trained with another recipe ({change}); "
+                                  "resume with its settings, or start a new --train.run_dir")
+            self.load_state(state)
             self.log_event({"event": "resume", "checkpoint": latest.name, "epoch": self.epoch, "step": self.step})
             name = f"config.resume-epoch{self.epoch:04d}.yaml"
         else:
