@@ -26,13 +26,14 @@ step() {  # step NAME SECONDS CMD...: run with a limit, log output and exit stat
   shift 2
   t0=$(date +%s)
   echo "== $name: $*" | tee -a "$log"
-  timeout "$limit" "$@" >>"$log" 2>&1
+  timeout -k 30 "$limit" "$@" >>"$log" 2>&1  # KILL 30 s after a TERM that was not obeyed
   echo "== $name: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$log"
 }
 
 case $part in
   validate)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$log"
+    rm -rf /tmp/runs/epoch-*  # a second call on a warm machine: fresh runs, not the last call's summaries
     step cuda-tests 240 python3 -m pytest -q -rs -m cuda tests
     step epoch-torchvision 200 python3 run.py configs/resnet20.yml --train.epochs=1 \
       --data.root="$DATA_ROOT" --train.run_dir=/tmp/runs/epoch-torchvision --train.progress=false \
@@ -63,7 +64,7 @@ PY
     ;;
   tta)
     step tta 560 python3 benchmarks/time_to_accuracy.py --data-root "$DATA_ROOT" \
-      --run-root /tmp/tta-runs --out "$OUT/time_to_accuracy.json" "$@"
+      --run-root "/tmp/tta-runs/$(date +%Y%m%dT%H%M%S)" --out "$OUT/time_to_accuracy.json" "$@"
     tail -30 "$log"
     ;;
   dali)

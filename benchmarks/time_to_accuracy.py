@@ -147,6 +147,10 @@ def plan(args, run_root: Path, data_root, world_size: int) -> list[dict]:
 
 
 # ---- one run ---------------------------------------------------------------------------------------
+class Stopped(Exception):
+    """Every rank's run saw the same stop request: the script ends with status 3."""
+
+
 def train_one(cfg, dist, target: float, paper: float | None) -> dict:
     from fastcifar.training import Trainer
 
@@ -155,11 +159,9 @@ def train_one(cfg, dist, target: float, paper: float | None) -> dict:
     setup_seconds = time.perf_counter() - start
     records: list[dict] = []
     summary = trainer.fit(on_epoch_end=records.append)
-    if not summary["finished"]:  # SIGTERM or Ctrl-C: a shortened run must not count as a recipe's result
-        if dist.is_main:
-            stderr_line(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} after epoch "
-                        f"{summary['epochs']}/{cfg.train.epochs}; depths finished before it are in the result file")
-        raise SystemExit(3)
+    if summary["stop_requested"]:  # SIGTERM or Ctrl-C: a shortened run must not count as a recipe's result
+        raise Stopped(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} after epoch "
+                      f"{summary['epochs']}/{cfg.train.epochs}; depths finished before it are in the result file")
     return run_record(cfg, summary, records, setup_seconds, len(trainer.train_loader), target, paper)
 
 
@@ -302,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         code = run(args, dist)
         dist_lib.cleanup(finished=True)
         return code
+    except Stopped as e:
+        dist_lib.cleanup(finished=True)  # every rank got here: the teardown barrier is safe
+        if dist.is_main:
+            stderr_line(str(e))
+        return 3
     except FastcifarError as e:
         stderr_line(f"time_to_accuracy.py: error: {e}")
         return 2

@@ -193,6 +193,27 @@ def test_time_to_accuracy_smoke_writes_every_field(tmp_path):
     assert "| 8 | resnet20.yml, 2 epochs, batch 64 | 2 |" in result.stdout
 
 
+def test_time_to_accuracy_a_signal_in_a_runs_last_epoch_ends_the_script(tmp_path, capsys, monkeypatch):
+    """The run itself finishes, but the next seed must not start: the signal is not swallowed."""
+    import signal
+
+    from fastcifar.training.trainer import Trainer
+
+    train_epoch = Trainer.train_epoch
+
+    def signalled_epoch(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return train_epoch(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", signalled_epoch)
+    before = signal.getsignal(signal.SIGTERM)
+    rc = time_to_accuracy.main(tiny_tta_args(tmp_path, "--seeds", "2", "--epochs", "1"))
+    assert rc == 3
+    assert "time_to_accuracy.py: stopped by a signal" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "runs" / "resnet8" / "e1").iterdir()] == ["seed0"]
+    assert signal.getsignal(signal.SIGTERM) == before  # the stop's handler is gone again
+
+
 def test_time_to_accuracy_bad_options_give_one_line(capsys):
     for argv, message in ((["--target", "120"], "percentage in (0, 100]"),
                           (["--depths", "8"], "no fast recipe for depth 8"),

@@ -259,3 +259,30 @@ def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root
     assert again["finished"] and again["epochs"] == first["epochs"]
     assert again["final_top1"] == pytest.approx(first["final_top1"])
     assert again["final_top5"] == pytest.approx(first["final_top5"])
+
+
+def test_stop_handler_leaves_forked_workers_and_ignored_sigint_alone():
+    """A DataLoader worker forked inside the stop inherits its handler: a terminal's Ctrl-C must not
+    make it announce a stop. An ignored SIGINT (nohup, a background job) stays ignored after SIGTERM."""
+    import signal
+
+    from fastcifar.training.stopping import GracefulStop
+
+    with GracefulStop(announce=True) as stop:
+        pid = os.fork()
+        if pid == 0:  # the "worker"
+            os.kill(os.getpid(), signal.SIGINT)
+            os._exit(0 if stop.signal_name is None else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert stop.signal_name is None  # the parent was not signalled
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with GracefulStop(announce=False) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signal_name == "SIGTERM"
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

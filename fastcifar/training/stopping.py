@@ -4,6 +4,7 @@ loses nothing. A second Ctrl-C stops at once, as Python normally does."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -24,8 +25,10 @@ class GracefulStop:
         self.signal_name: str | None = None
         self.announce = announce  # rank 0 says what happens; the other ranks stay quiet
         self._previous: dict = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> GracefulStop:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. nohup: the caller wants it ignored
@@ -40,9 +43,13 @@ class GracefulStop:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            # a forked DataLoader worker inherits this handler; a terminal's Ctrl-C reaches it too,
+            # but stopping is the main process's decision (it shuts its workers down)
+            return
         first = self.signal_name is None
         self.signal_name = signal.Signals(signum).name
-        if threading.current_thread() is threading.main_thread():
+        if signal.SIGINT in self._previous and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: stop now
         if first and self.announce:
             stderr_line(f"\n{self.signal_name}: stopping after this epoch with a checkpoint "

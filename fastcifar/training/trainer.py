@@ -207,7 +207,8 @@ class Trainer:
         """Train to train.epochs. on_epoch_end(record), if given, sees each epoch's record.
 
         SIGTERM or Ctrl-C stops the run after the current epoch with a checkpoint saved; the
-        summary then says finished: false and --resume continues it."""
+        summary then says finished: false and --resume continues it. stop_requested says whether
+        a signal came at all, also one in the last epoch of a run that finished."""
         cfg = self.cfg.train
         last = {}
         start = time.perf_counter()
@@ -238,7 +239,10 @@ class Trainer:
                     self.log_event({"event": "stopped", "signal": stop.signal_name or "another rank's",
                                     "epoch": self.epoch, "step": self.step})
                     break
-        summary = self.summary(last)
+            # asked once more, on every rank: a signal in the last epoch ends no run, but a caller
+            # that runs several (time_to_accuracy.py) must stop before the next
+            stop_requested = stop.requested(self.dist.device)
+        summary = {**self.summary(last), "stop_requested": stop_requested}
         if self.main and summary["finished"]:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
