@@ -268,6 +268,15 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def release(device: torch.device, compiled: bool = True) -> None:
+    """Between models: drop compiled graphs, then cached memory. Dynamo keeps a bounded number of
+    graphs per code object (every depth shares CifarResNet.forward), and past that bound it
+    silently runs eager."""
+    if compiled:
+        torch._dynamo.reset()
+    free_memory(device)
+
+
 # ---- FLOPs ---------------------------------------------------------------------------------------
 def forward_macs(depth_: int, num_classes: int = 10) -> int:
     """Multiply-accumulates of one image's forward pass, counted on the CPU in fp32."""

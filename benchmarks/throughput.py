@@ -335,7 +335,7 @@ def bench_depth(args, depth: int, data) -> dict:
         entry["ratio_end_to_end_to_model"] = common.median_ratio(entry["end_to_end"], result["model_alone"])
         result["loaders"][name] = entry
     del step
-    release(args)
+    common.release(args.device, args.compile)
 
     if not args.no_baseline:
         seed = Setting("seed-style", args.baseline_batch_size, "none", False, False, args.baseline_workers)
@@ -350,16 +350,8 @@ def bench_depth(args, depth: int, data) -> dict:
                                       for name, e in result["loaders"].items()}
         result["seed_style"] = base
         del step
-        release(args)
+        common.release(args.device, args.compile)
     return result
-
-
-def release(args) -> None:
-    """Drop compiled graphs between models: dynamo keeps a bounded number of graphs per code
-    object (every depth shares CifarResNet.forward), and past that bound it silently runs eager."""
-    if args.compile:
-        torch._dynamo.reset()
-    common.free_memory(args.device)
 
 
 # ---- output ----------------------------------------------------------------------------------------

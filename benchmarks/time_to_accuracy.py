@@ -154,6 +154,7 @@ class Stopped(Exception):
 def train_one(cfg, dist, target: float, paper: float | None) -> dict:
     from fastcifar.training import Trainer
 
+    common.release(dist.device)  # each run compiles afresh, as a user's single run would
     start = time.perf_counter()
     trainer = Trainer(cfg, dist)
     setup_seconds = time.perf_counter() - start

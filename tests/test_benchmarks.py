@@ -143,6 +143,31 @@ def test_throughput_bad_options_give_one_line(argv, message, capsys):
     assert message in err[-1] and err[-1].startswith("throughput.py: error:")
 
 
+def test_release_lets_every_depth_compile_instead_of_running_eager():
+    """Every depth shares CifarResNet.forward; past dynamo's bound of graphs per code object (8) the
+    rest would run eager, silently. throughput.py and time_to_accuracy.py release between runs."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from fastcifar.models import build_model
+
+    torch._dynamo.reset()
+    counters.clear()
+    x = torch.randn(2, 3, 32, 32)
+    depths = (8, 14, 20, 26, 32)  # a train and an eval graph each: 10 graphs
+    for depth in depths:
+        common.release(torch.device("cpu"))
+        model = build_model(f"resnet{depth}")
+        compiled = torch.compile(model, backend="eager")
+        model.train()
+        compiled(x)
+        model.eval()
+        compiled(x)
+    assert counters["stats"]["unique_graphs"] == 2 * len(depths)
+    assert counters["frames"]["ok"] == counters["frames"]["total"]
+    torch._dynamo.reset()
+
+
 # ---- time to accuracy ------------------------------------------------------------------------------
 def tiny_tta_args(tmp_path, *extra):
     return ["--depths", "8", "--config", "configs/fast/resnet20.yml", "--data", "synthetic",
