@@ -159,8 +159,9 @@ class DaliLoader(EpochPlan):
             self.pipe.outputs()
             ran += 1
         if ran != self.prefetch:
-            raise RuntimeError(f"DALI ran {ran} warm-up batches, expected {self.prefetch}: this DALI version "
-                               "schedules differently; use --loader.dali_prefetch=0")
+            raise ConfigError(f"loader.dali_prefetch: DALI ran {ran} warm-up batches, expected "
+                              f"{self.prefetch}: this DALI version schedules differently; use "
+                              "--loader.dali_prefetch=0")
 
     def __iter__(self):
         s = self.spec
