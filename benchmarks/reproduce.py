@@ -196,7 +196,7 @@ def curve(records: list[dict]) -> list[dict]:
             for e, r in sorted(by_epoch.items()) if r.get("top1") is not None]
 
 
-def result_record(run: Run) -> dict:
+def result_record(run: Run, environment: dict) -> dict:
     summary_path = run.run_dir / "summary.json"
     summary = json.loads(summary_path.read_text())
     records = read_jsonl(run.run_dir / "metrics.jsonl")
@@ -223,7 +223,7 @@ def result_record(run: Run) -> dict:
         "config": yaml.safe_load((run.run_dir / "config.yaml").read_text()),
         **{k: summary.get(k) for k in ("loader", "world_size", "device", "amp", "compile", "channels_last",
                                        "torch")},
-        "environment": common.environment(),  # of the call that collected the run
+        "environment": environment,  # of the call that collected the run
     }
 
 
@@ -234,29 +234,36 @@ def weights_path(run: Run) -> Path:
 def save_weights(run: Run) -> Path | None:
     """The final checkpoint's model, a plain state dict beside the run directory: the file
     benchmarks/export_weights.py ships (--weights-from <runs-dir>)."""
-    import torch
-
     from fastcifar.training import checkpoint as ckpt
 
     epochs = json.loads((run.run_dir / "summary.json").read_text())["epochs"]
     source, dest = ckpt.checkpoint_path(run.run_dir, epochs), weights_path(run)
     if not source.is_file():
+        if dest.is_file():  # written by an earlier call, before the checkpoint was removed
+            return dest
         log(f"resnet{run.depth} seed {run.seed}: no {source.name}, so no {dest.name}")
         return None
     if not dest.is_file() or dest.stat().st_mtime < source.stat().st_mtime:
-        tmp = dest.with_name(dest.name + ".tmp")
-        torch.save(ckpt.load_checkpoint(source)["model"], tmp)
-        tmp.replace(dest)
+        ckpt.save_checkpoint(dest, ckpt.load_checkpoint(source)["model"])
     return dest
 
 
-def write_result(run: Run, out: Path) -> None:
-    weights = save_weights(run)
-    record = result_record(run)
-    record["weights"] = str(weights) if weights else None
-    date = record["finished_at"][:10]
-    name = f"{date}_{common.slug(record['device'])}_paper_resnet{run.depth}_seed{run.seed}.json"
-    run.result = common.write_json(out / name, record)
+def collect(run: Run, out: Path, environment: dict) -> None:
+    """The finished run's result file and weights. Written when this call ran the run or the file
+    is missing; an earlier call's file stays as it was, with the environment that collected it."""
+    try:
+        record = result_record(run, environment)
+        date = record["finished_at"][:10]
+        path = out / f"{date}_{common.slug(record['device'])}_paper_resnet{run.depth}_seed{run.seed}.json"
+        if run.started or not path.is_file():
+            weights = save_weights(run)
+            record["weights"] = str(weights) if weights else None
+            common.write_json(path, record)
+        run.result = path
+    except (FastcifarError, OSError, ValueError, KeyError) as e:  # e.g. a damaged final checkpoint
+        run.state = "failed"
+        run.error = f"collecting resnet{run.depth} seed {run.seed} from {run.run_dir}: {type(e).__name__}: {e}"
+        log(run.error)
 
 
 def display_command(command: list[str]) -> str:
@@ -373,7 +380,7 @@ def drive(args) -> str | None:
 
 
 # ---- status ----------------------------------------------------------------------------------------
-def status_record(args, reason: str | None) -> dict:
+def status_record(args, reason: str | None, environment: dict) -> dict:
     runs = []
     for r in args.runs:
         if r.state == "finished":
@@ -388,7 +395,7 @@ def status_record(args, reason: str | None) -> dict:
                      "error": r.error, "error_tail": r.error_tail})
     counts = {s: sum(r["state"] == s for r in runs) for s in ("finished", "stopped", "failed", "pending")}
     return {"kind": "paper_status", "schema_version": SCHEMA_VERSION,
-            "environment": common.environment(),
+            "environment": environment,
             "settings": {"depths": args.depths, "seeds": args.seeds, "parallel": args.parallel,
                          "deadline": args.deadline, "min_start": args.min_start, "grace": args.grace,
                          "config_dir": str(args.config_dir), "runs_dir": str(args.runs_dir),
@@ -416,10 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         if is_finished(r.run_dir):
             r.state = "finished"
     reason = drive(args)
+    environment = common.environment()
     for r in args.runs:
         if r.state == "finished":
-            write_result(r, args.out)
-    status = status_record(args, reason)
+            collect(r, args.out, environment)
+    status = status_record(args, reason, environment)
     common.write_json(args.out / "reproduce_status.json", status)
     print(status_table(status))
     c = status["counts"]

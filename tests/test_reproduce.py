@@ -71,10 +71,6 @@ def results(tmp_path) -> dict[int, dict]:
             for p in sorted((tmp_path / "out").glob("*_paper_resnet8_seed*.json"))}
 
 
-def without_environment(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "environment"}
-
-
 # ---- runs ------------------------------------------------------------------------------------------
 def test_two_seeds_in_parallel_and_a_second_call_starts_nothing(tmp_path, config_dir, synthetic_root):
     args = driver_args(tmp_path, config_dir, synthetic_root, "--parallel", "2", seeds=("0", "1"))
@@ -116,15 +112,30 @@ def test_two_seeds_in_parallel_and_a_second_call_starts_nothing(tmp_path, config
     assert second.returncode == 0, second.stderr[-3000:]
     assert [(r["state"], r["started"]) for r in status(tmp_path)["runs"]] == [("finished", False)] * 2
     assert {p: p.read_text() for p in logs} == logs  # no run.py started
-    again = results(tmp_path)
-    assert {s: without_environment(r) for s, r in again.items()} == \
-        {s: without_environment(r) for s, r in found.items()}
+    assert results(tmp_path) == found  # kept as the call that ran them wrote them, environment included
 
     other = call([*args, "--optim.lr=0.5"])  # its runs were trained at lr 0.05: no mixing, no mislabelling
     assert other.returncode == 2
     assert other.stderr.strip().splitlines()[-1].startswith("reproduce.py: error:")
     assert "holds a run of another recipe (optim.lr: 0.05 -> 0.5)" in other.stderr
     assert {p: p.read_text() for p in logs} == logs
+
+    # collecting again: seed 0's result file is gone (rewritten, its weights still listed, although
+    # the final checkpoint is gone too); seed 1's final checkpoint is damaged and its weights gone
+    runs = tmp_path / "runs"
+    (runs / "resnet8-seed0" / "checkpoint_epoch0002.pt").unlink()
+    next((tmp_path / "out").glob("*_seed0.json")).unlink()
+    (runs / "resnet8-seed1" / "checkpoint_epoch0002.pt").write_bytes(b"not a checkpoint")
+    (runs / "resnet8-seed1.pt").unlink()
+    next((tmp_path / "out").glob("*_seed1.json")).unlink()
+    third = call(args)
+    assert third.returncode == 1, third.stderr[-3000:]
+    s0, s1 = status(tmp_path)["runs"]
+    assert s0["state"] == "finished" and s0["weights"] == found[0]["weights"]
+    assert results(tmp_path)[0]["weights"] == found[0]["weights"]
+    assert s1["state"] == "failed" and s1["error"].startswith("collecting resnet8 seed 1 from ")
+    assert "CheckpointError" in s1["error"] and "reproduce.py: collecting resnet8 seed 1" in third.stderr
+    assert "Traceback" not in third.stderr
 
 
 def test_a_deadline_stops_the_run_and_the_next_call_finishes_it(tmp_path, config_dir, synthetic_root):
