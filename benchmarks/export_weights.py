@@ -13,7 +13,6 @@ strict load, names the file by its sha256 and records its CPU fp32 accuracy in t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,24 +24,13 @@ MIN_SEEDS = 3
 
 
 def paper_runs(results_dir: Path) -> dict[int, list[tuple[Path, dict]]]:
-    """Finished CIFAR-10 paper runs by depth; a (depth, seed) run more than once counts once, its
-    latest result (as in report.py's table)."""
-    latest: dict[tuple[int, int], tuple[Path, dict]] = {}
-    for path in sorted(results_dir.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not (isinstance(data, dict) and data.get("kind") == "paper_run" and data.get("final_top1") is not None
-                and data.get("dataset", "cifar10") == "cifar10"):
-            continue
-        key = (int(data["depth"]), int(data["seed"]))
-        if key not in latest or data.get("finished_at", "") >= latest[key][1].get("finished_at", ""):
-            latest[key] = (path, data)
-    runs: dict[int, list] = {}
-    for (depth, _seed), item in sorted(latest.items()):
-        runs.setdefault(depth, []).append(item)
-    return runs
+    """(file, result) of the CIFAR-10 paper runs by depth, chosen as report.py's table chooses them."""
+    from benchmarks import report
+
+    items = report.load_results(sorted(results_dir.glob("*.json")))["paper_run"]
+    path_of = {id(data): path for path, data in items}
+    return {depth: [(path_of[id(r)], r) for r in runs]
+            for depth, runs in report.paper_runs([data for _path, data in items]).items()}
 
 
 def median_run(runs: list[tuple[Path, dict]]) -> tuple[Path, dict]:
@@ -66,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     depths = args.depths or sorted(runs)
     if not depths:
         p.error(f"no paper_run results in {args.results_dir}")
+    chosen = []  # every depth checked before the first (slow) export
     for depth in depths:
         found = runs.get(depth, [])
         if len(found) < args.min_seeds:
@@ -74,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         source = args.weights_from / f"resnet{depth}-seed{run['seed']}.pt"
         if not source.is_file():
             p.error(f"resnet{depth}: the median run (seed {run['seed']}) has no weights at {source}")
+        chosen.append((depth, found, path, run, source))
+    for depth, found, path, run, source in chosen:
         record = {"seed": run["seed"], "seeds": sorted(r["seed"] for _, r in found),
                   "final_top1_in_training": run["final_top1"], "final_top5_in_training": run["final_top5"],
                   "result": path.name}

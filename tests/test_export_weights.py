@@ -11,12 +11,12 @@ from fastcifar import hub
 from fastcifar.models import build_model
 
 
-def write_runs(results, weights_from, finals):
+def write_runs(results, weights_from, finals, depth=20):
     for seed, top1 in enumerate(finals):
-        (results / f"paper_resnet20_seed{seed}.json").write_text(json.dumps(
-            {"kind": "paper_run", "depth": 20, "seed": seed, "final_top1": top1, "final_top5": 99.0}))
+        (results / f"paper_resnet{depth}_seed{seed}.json").write_text(json.dumps(
+            {"kind": "paper_run", "depth": depth, "seed": seed, "final_top1": top1, "final_top5": 99.0}))
         torch.manual_seed(seed)
-        torch.save(build_model("resnet20").state_dict(), weights_from / f"resnet20-seed{seed}.pt")
+        torch.save(build_model(f"resnet{depth}").state_dict(), weights_from / f"resnet{depth}-seed{seed}.pt")
 
 
 def export(*args):
@@ -45,6 +45,11 @@ def test_too_few_seeds_or_missing_weights_are_one_line_errors(tmp_path, syntheti
     result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
                     "--weights-dir", tmp_path / "w")
     assert result.returncode == 2 and "resnet20: 2 finished run(s)" in result.stderr
+    write_runs(results, weights_from, [92.0, 92.2, 92.4], depth=32)  # complete, but checked first
+    result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
+                    "--weights-dir", tmp_path / "w", "--depths", "32", "20")
+    assert result.returncode == 2 and "resnet20: 2 finished run(s)" in result.stderr
+    assert not (tmp_path / "w").exists()  # nothing exported before the error
     write_runs(results, weights_from, [91.9, 91.2, 92.4])
     (weights_from / "resnet20-seed0.pt").unlink()
     result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
