@@ -357,12 +357,9 @@ def error_text(exc: BaseException) -> str:
 
 def write_json(path: Path | str, data: dict) -> Path:
     """Atomically (temporary file + rename): a crash mid-write never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    from fastcifar.files import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def slug(text: str | None) -> str:

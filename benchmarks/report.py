@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
 
 from benchmarks import common  # noqa: E402
+from fastcifar.files import write_text_atomic  # noqa: E402
 
 KINDS = ("throughput", "time_to_accuracy", "paper_run")
 IGNORED_KINDS = ("paper_status",)  # reproduce.py's progress file, beside its results
@@ -430,7 +431,7 @@ def rewrite_readme(readme: Path, found, plots) -> None:
             raise SystemExit(f"report.py: error: {readme} has no '{begin}' ... '{end}' markers")
         body = section(kind, found[kind], plots, readme.resolve().parent)
         text = pattern.sub(lambda _m: f"{begin}\n{body}\n{end}", text, count=1)
-    readme.write_text(text)
+    write_text_atomic(readme, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plots = {} if args.no_plots else write_plots(found, args.out_dir)
     report = args.out_dir / "report.md"
-    report.write_text(report_markdown(found, plots, args.out_dir.resolve()))
+    write_text_atomic(report, report_markdown(found, plots, args.out_dir.resolve()))
     if args.readme is not None:
         rewrite_readme(args.readme, found, plots)
     counts = ", ".join(f"{len(v)} {k}" for k, v in found.items())

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from fastcifar.errors import ConfigError
+from fastcifar.files import write_text_atomic
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -307,7 +308,7 @@ def recipe_change(saved: dict, cfg: Config) -> str | None:
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def help_text() -> str:

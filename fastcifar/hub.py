@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from fastcifar.errors import CheckpointError, FastcifarError
+from fastcifar.files import write_text_atomic
 from fastcifar.models import PAPER_DEPTHS, build_model
 from fastcifar.training import checkpoint as ckpt
 
@@ -173,9 +174,7 @@ def export_weights(source: str | Path, name: str, data_root: str | Path,
     old = manifest["weights"].get(name, {}).get("file")
     manifest["weights"][name] = entry
     manifest["weights"] = dict(sorted(manifest["weights"].items()))
-    tmp = weights_dir / f".{MANIFEST}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, weights_dir / MANIFEST)
+    write_text_atomic(weights_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     if old and old != final.name:
         (weights_dir / old).unlink(missing_ok=True)
     return entry

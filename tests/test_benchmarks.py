@@ -325,7 +325,7 @@ def test_time_to_accuracy_under_torchrun(tmp_path):
     run = data["depths"][0]["recipes"][0]["runs"][0]
     assert run["world_size"] == 2 and run["steps"] == 256 // 64
     assert result.stdout.count("| depth | recipe |") == 1  # only rank 0 reports
-    assert not list(tmp_path.glob("tta.json.tmp"))
+    assert not list(tmp_path.glob(".tta.json.tmp*"))  # written atomically, nothing left over
 
 
 # ---- report ----------------------------------------------------------------------------------------

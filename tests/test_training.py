@@ -123,6 +123,16 @@ def single_process_group(tmp_path):
     dist.destroy_process_group()
 
 
+def test_text_files_are_replaced_whole_or_not_at_all(tmp_path):
+    from fastcifar.files import write_text_atomic
+
+    path = write_text_atomic(tmp_path / "deep" / "summary.json", "old\n")
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(path, "half written, then \udc80 cannot be encoded")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]
+
+
 def test_checkpoint_loads_into_plain_compiled_and_ddp_models(single_process_group):
     torch.manual_seed(1)
     source = build_model("resnet8")

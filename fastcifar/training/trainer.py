@@ -19,6 +19,7 @@ from fastcifar import distributed as dist_lib
 from fastcifar.config import Config
 from fastcifar.data import load_cifar
 from fastcifar.errors import ConfigError, DataError
+from fastcifar.files import write_text_atomic
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training.engine import (
@@ -244,7 +245,7 @@ class Trainer:
             stop_requested = stop.requested(self.dist.device)
         summary = {**self.summary(last), "stop_requested": stop_requested}
         if self.main and summary["finished"]:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def summary(self, last: dict) -> dict:
