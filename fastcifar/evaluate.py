@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fastcifar.errors import FastcifarError
+from fastcifar.errors import FastcifarError, stderr_line
 
 
 def evaluate_model(model: torch.nn.Module, data_root: str | Path, limit: int | None = None,
@@ -73,17 +73,16 @@ def main(argv: list[str] | None = None) -> int:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif device == "cuda" and not torch.cuda.is_available():
             raise FastcifarError("--device: 'cuda' needs CUDA, which is not available here; use --device cpu")
+        model = hub.get_model(args.model)
         if args.pretrained:
-            model = hub.get_model(args.model, pretrained=True, weights_dir=args.weights_dir)
-            source = hub.weights_entry(args.model, args.weights_dir)["file"]
+            state, path = hub.load_weights(args.model, args.weights_dir)
         else:
-            model = hub.get_model(args.model)
             state, path = hub.checkpoint_state(args.checkpoint)
-            hub.load_into(model, state, path)
-            source = str(path)
+        hub.load_into(model, state, path)
+        source = path.name if args.pretrained else str(path)  # shipped files by their manifest name
         result = evaluate_model(model, args.data_root, args.limit, device, args.batch_size, args.download)
     except FastcifarError as e:
-        print(f"evaluate: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        stderr_line(f"evaluate: error: {str(e).strip().splitlines()[0]}")
         return 2
     result = {"model": args.model, "weights": source, **result}
     if args.json:

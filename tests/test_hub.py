@@ -96,6 +96,7 @@ def test_evaluate_command_prints_top1_and_top5(exported, synthetic_root):
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert (printed["top1"], printed["top5"], printed["images"]) == tuple(entry["test"][k] for k in ("top1", "top5", "images"))
+    assert printed["weights"] == entry["file"]
     checkpoint = run_evaluate("--model", "cifar10_resnet20", "--checkpoint", str(weights / entry["file"]),
                               "--data.root", str(synthetic_root), "--device", "cpu", "--limit", "50")
     assert checkpoint.returncode == 0, checkpoint.stderr
