@@ -19,6 +19,7 @@ Keys and defaults:
 def main(argv: list[str]) -> int:
     from fastcifar import config, distributed
     from fastcifar.errors import FastcifarError, stderr_line
+    from fastcifar.training.stopping import STOPPED_EXIT
 
     if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
         print(USAGE + config.help_text())
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
             if distributed.rank_from_env() == 0:
                 stderr_line(f"run.py: stopped after epoch {summary['epochs']}/{cfg.train.epochs} with a "
                             f"checkpoint in {cfg.train.run_dir}; continue with --resume")
-            return 3
+            return STOPPED_EXIT
     except FastcifarError as e:
         stderr_line(f"run.py: error: {e}")
         return 2

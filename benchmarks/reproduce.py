@@ -46,12 +46,12 @@ import yaml  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from fastcifar.errors import FastcifarError  # noqa: E402
+from fastcifar.training.stopping import STOPPED_EXIT  # noqa: E402
 
 SCHEMA_VERSION = 1
 SET_BY = {"model.name": "--depths", "train.seed": "--seeds", "train.run_dir": "--runs-dir",
           "data.root": "--data-root"}  # an override may repeat these values, not contradict them
 LAUNCH = re.compile(r"^==> reproduce\.py \S+: (.*)$")  # the line written to log.txt before each segment
-STOPPED_EXIT = 3  # run.py: stopped after an epoch with a checkpoint
 TAIL_LINES = 10
 SELECTION = ("none: final_top1/final_top5 are the last epoch's test accuracy; best_top1_seen is the "
              "highest test top-1 of any evaluated epoch, NOT used for selection (choosing it would "

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is n
 from benchmarks import common  # noqa: E402
 from fastcifar import distributed as dist_lib  # noqa: E402
 from fastcifar.errors import FastcifarError, stderr_line  # noqa: E402
+from fastcifar.training.stopping import STOPPED_EXIT  # noqa: E402
 
 SCHEMA_VERSION = 1
 RECIPES = common.REPO / "configs" / "fast"
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         dist_lib.cleanup(finished=True)  # every rank got here: the teardown barrier is safe
         if dist.is_main:
             stderr_line(str(e))
-        return 3
+        return STOPPED_EXIT
     except FastcifarError as e:
         stderr_line(f"time_to_accuracy.py: error: {e}")
         return 2

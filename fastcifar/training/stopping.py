@@ -14,6 +14,7 @@ from fastcifar import distributed as dist_lib
 from fastcifar.errors import stderr_line
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOPPED_EXIT = 3  # the exit status of a script stopped this way (run.py, time_to_accuracy.py)
 
 
 class GracefulStop:
