@@ -10,7 +10,6 @@ Looked for under ``root`` in this order:
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import shutil
 import tarfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcifar.errors import DataError
+from fastcifar.files import file_digest
 
 
 @dataclass(frozen=True)
@@ -114,14 +114,6 @@ def _read_official(folder: Path, split: str, spec: CifarSpec) -> CifarSplit:
     return _check(np.concatenate(images), np.concatenate(labels), spec.num_classes, folder)
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_archive(root: Path, spec: CifarSpec, url: str | None = None) -> Path:
     """Download into a .part file, check the published md5, then rename: never a partial archive."""
     url = url or URL_BASE + spec.archive
@@ -136,7 +128,7 @@ def download_archive(root: Path, spec: CifarSpec, url: str | None = None) -> Pat
             f"{spec.name} not found under {root} and the download failed: {e}; "
             f"place {spec.archive} there (or its extracted {spec.folder}/)"
         ) from None
-    digest = _md5(part)
+    digest = file_digest(part, "md5")
     if digest != spec.md5:
         part.unlink(missing_ok=True)
         raise DataError(f"downloaded {spec.archive} has md5 {digest}, expected {spec.md5}; it was deleted, try again")

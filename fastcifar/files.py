@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 1 MiB blocks (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

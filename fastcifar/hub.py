@@ -15,7 +15,6 @@ whole test set, and on the first 1000 test images (which a CPU test checks again
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from fastcifar.errors import CheckpointError, FastcifarError
-from fastcifar.files import write_text_atomic
+from fastcifar.files import file_digest, write_text_atomic
 from fastcifar.models import PAPER_DEPTHS, build_model
 from fastcifar.training import checkpoint as ckpt
 
@@ -71,11 +70,7 @@ def weights_entry(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> dict:
 
 
 def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def load_weights(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> tuple[dict, Path]:
