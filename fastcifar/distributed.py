@@ -47,7 +47,7 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 def setup(device_preference: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); a no-op alone."""
     world_size = world_size_from_env()
-    rank = int(os.environ.get("RANK", "0"))
+    rank = rank_from_env()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
     if device.type == "cuda":

@@ -59,5 +59,7 @@ class GracefulStop:
     def requested(self, device: torch.device) -> bool:
         """Whether any rank was signalled: every rank must stop after the same epoch, or the
         others would wait for it forever in the next collective."""
+        if not torch.distributed.is_initialized():  # alone: no tensor, no host sync
+            return self.signal_name is not None
         flag = torch.tensor(1.0 if self.signal_name else 0.0, device=device)
         return bool(dist_lib.all_reduce_sum(flag).item() > 0)
