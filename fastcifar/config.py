@@ -294,14 +294,18 @@ RECIPE = ("model", "augment", "optim", "schedule", "data.dataset", "train.epochs
 
 def recipe_change(saved: dict, cfg: Config) -> str | None:
     """The first recipe key whose value in cfg differs from the saved config tree, as
-    'key: saved -> new', or None when the recipes agree."""
+    'key: saved -> new', or None when the recipes agree. Keys the saved tree lacks (it was
+    written before they existed) are not compared."""
     current = to_dict(cfg)
     for entry in RECIPE:
         section, _, only = entry.partition(".")
         for key, value in current[section].items():
             if only and key != only:
                 continue
-            before = (saved.get(section) or {}).get(key)
+            known = saved.get(section) or {}
+            if key not in known:  # saved before the key existed: nothing to compare
+                continue
+            before = known[key]
             if before != value:
                 return f"{section}.{key}: {before!r} -> {value!r}"
     return None

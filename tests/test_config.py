@@ -118,3 +118,15 @@ def test_run_py_errors_are_one_line(tmp_path):
     help_run = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
     assert help_run.returncode == 0 and "--optim.lr=" in help_run.stdout
+
+
+def test_recipe_change_names_the_first_recipe_key_that_differs():
+    cfg = config_lib.load(None, ["--optim.lr=0.2", "--schedule.milestones=[50, 75]"])
+    saved = config_lib.to_dict(cfg)
+    assert config_lib.recipe_change(saved, cfg) is None
+    moved = {**saved, "data": {**saved["data"], "root": "/elsewhere"}, "loader": {**saved["loader"], "workers": 1}}
+    assert config_lib.recipe_change(moved, cfg) is None  # how to run it, not what it trains
+    other = {**saved, "schedule": {**saved["schedule"], "milestones": [50, 80]}}
+    assert config_lib.recipe_change(other, cfg) == "schedule.milestones: [50, 80] -> [50.0, 75.0]"
+    older = {**saved, "optim": {k: v for k, v in saved["optim"].items() if k != "no_wd_bn_bias"}}
+    assert config_lib.recipe_change(older, cfg) is None  # saved before the key existed
