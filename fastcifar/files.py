@@ -1,4 +1,4 @@
-"""Writing files so that a crash or a kill never leaves half of one behind."""
+"""Files: their digests, and writing them so that a crash or a kill never leaves half of one behind."""
 
 from __future__ import annotations
 
