@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On a CUDA machine: validate the whole path, then measure. Each part fits one 10-minute call.
+# On a CUDA machine: validate the whole path, then measure. Each part fits one 10-minute call:
+# its steps' limits, plus 30 s for a step that ignores TERM, stay under 600 s.
 #
 #   bash benchmarks/gpu_suite.sh validate     # CUDA tests, one-epoch runs (python and torchrun/NCCL)
 #   bash benchmarks/gpu_suite.sh throughput [throughput.py options]
@@ -34,12 +35,12 @@ case $part in
   validate)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$log"
     rm -rf /tmp/runs/epoch-*  # a second call on a warm machine: fresh runs, not the last call's summaries
-    step cuda-tests 240 python3 -m pytest -q -rs -m cuda tests
-    step epoch-torchvision 200 python3 run.py configs/resnet20.yml --train.epochs=1 \
+    step cuda-tests 200 python3 -m pytest -q -rs -m cuda tests
+    step epoch-torchvision 150 python3 run.py configs/resnet20.yml --train.epochs=1 \
       --data.root="$DATA_ROOT" --train.run_dir=/tmp/runs/epoch-torchvision --train.progress=false \
       --loader.workers=12
     for loader in torch-gpu dali; do
-      step "epoch-$loader-torchrun" 150 torchrun --nproc_per_node=1 run.py configs/resnet20.yml \
+      step "epoch-$loader-torchrun" 110 torchrun --nproc_per_node=1 run.py configs/resnet20.yml \
         --train.epochs=1 --data.root="$DATA_ROOT" --train.run_dir=/tmp/runs/epoch-$loader \
         --train.progress=false --loader.name=$loader
     done
@@ -58,12 +59,12 @@ print(json.dumps({k: (v["last_epoch"] or {}).get("images_per_s") for k, v in run
 PY
     ;;
   throughput)
-    step throughput 560 python3 benchmarks/throughput.py --data cifar10 --data-root "$DATA_ROOT" \
+    step throughput 540 python3 benchmarks/throughput.py --data cifar10 --data-root "$DATA_ROOT" \
       --out "$OUT/throughput.json" "$@"
     tail -40 "$log"
     ;;
   tta)
-    step tta 560 python3 benchmarks/time_to_accuracy.py --data-root "$DATA_ROOT" \
+    step tta 540 python3 benchmarks/time_to_accuracy.py --data-root "$DATA_ROOT" \
       --run-root "/tmp/tta-runs/$(date +%Y%m%dT%H%M%S)" --out "$OUT/time_to_accuracy.json" "$@"
     tail -30 "$log"
     ;;
