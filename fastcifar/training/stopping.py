@@ -29,7 +29,6 @@ class GracefulStop:
         self._pid = os.getpid()
 
     def __enter__(self) -> GracefulStop:
-        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. nohup: the caller wants it ignored
