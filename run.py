@@ -12,7 +12,7 @@ Trains the model that CONFIG.yml describes; each --section.key=value overrides o
 SIGTERM or Ctrl-C stops the run after the current epoch, with a checkpoint saved, and exits
 with status 3 (2: bad input). A second Ctrl-C stops at once.
 
-Keys and defaults:
+Keys, with their values (a CONFIG's, after overrides, else the built-in defaults):
 """
 
 
@@ -21,8 +21,15 @@ def main(argv: list[str]) -> int:
     from fastcifar.errors import FastcifarError, stderr_line
     from fastcifar.training.stopping import STOPPED_EXIT
 
-    if not argv or argv[0] in ("-h", "--help") or "--help" in argv or "-h" in argv:
-        print(USAGE + config.help_text())
+    if not argv or "--help" in argv or "-h" in argv:
+        shown = None  # with a CONFIG, its values (and overrides) are the ones listed
+        if argv and not argv[0].startswith("-"):
+            try:
+                shown = config.load(argv[0], [a for a in argv[1:] if a.startswith("--") and "=" in a])
+            except FastcifarError as e:
+                stderr_line(f"run.py: error: {e}")
+                return 2
+        print(USAGE + config.help_text(shown))
         return 0 if argv else 2
     path, rest = argv[0], argv[1:]
     overrides = ["--train.resume=true" if a == "--resume" else a for a in rest]

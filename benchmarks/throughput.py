@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import typing
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def loader_choices() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fastcifar.config import CHOICES
+    from fastcifar.config import TrainConfig, choices
     from fastcifar.models import PAPER_DEPTHS
 
     p = argparse.ArgumentParser(
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=common.positive_int, default=5, help="timings per figure")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on CUDA only)")
-    p.add_argument("--compile-mode", default="default", choices=CHOICES["train.compile_mode"])
+    p.add_argument("--compile-mode", default="default", choices=choices(typing.get_type_hints(TrainConfig)["compile_mode"]))
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default=None,
                    help="autocast dtype (default: bf16 on CUDA, none on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)

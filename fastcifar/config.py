@@ -11,6 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -21,81 +22,100 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
+def _key(default, help: str):
+    """A config key: its default and the one-line description run.py --help prints."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet20"  # resnet20/32/44/56/110/1202 or any resnet<6n+2>
-    shortcut: str = "A"  # A: subsample + zero-pad (the paper's CIFAR choice); B: 1x1 conv + BN
+    name: str = _key("resnet20", "resnet20/32/44/56/110/1202, or any resnet<6n+2>")
+    shortcut: Literal["A", "B"] = _key("A", "A: subsample + zero-pad (the paper's CIFAR choice); B: 1x1 conv + BN")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "cifar10"  # cifar10 | cifar100
-    root: str = "data"
-    download: bool = True
+    dataset: Literal["cifar10", "cifar100"] = _key("cifar10", "the data set")
+    root: str = _key("data", "folder holding the data set (npz, the official layout or its archive)")
+    download: bool = _key(True, "download the official archive when nothing is found under root")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Train-time augmentation, shared by every loader backend. Eval only normalises."""
 
-    crop_padding: int = 4  # random crop of 32x32 from the zero-padded image; 0 turns it off
-    flip_p: float = 0.5
-    erase_p: float = 0.5  # random erasing (Zhong et al.), after normalisation
-    erase_scale: tuple[float, ...] = (0.02, 0.4)
-    erase_ratio: tuple[float, ...] = (0.3, 3.3)
-    erase_value: float = 0.0  # fill, in normalised units (0 = the data set's mean colour)
-    mean: tuple[float, ...] = CIFAR10_MEAN  # on the 0-1 scale
-    std: tuple[float, ...] = CIFAR10_STD
+    crop_padding: int = _key(4, "random 32x32 crop of the zero-padded image; 0 turns it off")
+    flip_p: float = _key(0.5, "probability of a horizontal flip")
+    erase_p: float = _key(0.5, "probability of random erasing (Zhong et al.), after normalisation")
+    erase_scale: tuple[float, ...] = _key((0.02, 0.4), "[min, max] erased fraction of the image area")
+    erase_ratio: tuple[float, ...] = _key((0.3, 3.3), "[min, max] aspect ratio of the erased rectangle")
+    erase_value: float = _key(0.0, "erasing fill, in normalised units (0 = the data set's mean colour)")
+    mean: tuple[float, ...] = _key(CIFAR10_MEAN, "per-channel mean on the 0-1 scale, subtracted")
+    std: tuple[float, ...] = _key(CIFAR10_STD, "per-channel std on the 0-1 scale, divided by")
+
+
+# Kept in step with pipelines.LOADERS (a test checks): the config names the backends without
+# importing them, so the loaders can import the config.
+LoaderName = Literal["dali", "torch-gpu", "torchvision"]
 
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    name: str = "torchvision"  # a name in pipelines.LOADERS
-    device: str = "auto"  # where a GPU-capable loader runs: auto (follows train.device) | gpu | cpu
-    workers: int = 4  # CPU worker processes (torchvision backend)
-    eval_batch_size: int = 1000  # global
-    dtype: str = "float32"  # images handed to the model: float32 | float16 | bfloat16
-    dali_prefetch: int = 0  # dali: batches scheduled ahead by the pipelined executor; 0 runs each batch synchronously
+    name: LoaderName = _key("torchvision", "the loader backend")
+    device: Literal["auto", "gpu", "cpu"] = _key(
+        "auto", "where a GPU-capable loader runs; auto follows train.device")
+    workers: int = _key(4, "CPU worker processes of the torchvision loader")
+    eval_batch_size: int = _key(1000, "global evaluation batch size")
+    dtype: Literal["float32", "float16", "bfloat16"] = _key("float32", "dtype of the images handed to the model")
+    dali_prefetch: int = _key(0, "dali: batches scheduled ahead by the pipelined executor (0: synchronous)")
+    dali_batches_per_run: int = _key(8, "dali: training batches produced by one pipeline run")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 0.1  # peak learning rate for the global batch
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    no_wd_bn_bias: bool = False  # exempt BatchNorm weights and all biases from weight decay
-    label_smoothing: float = 0.1
+    lr: float = _key(0.1, "peak learning rate for the global batch")
+    momentum: float = _key(0.9, "SGD momentum")
+    nesterov: bool = _key(False, "Nesterov momentum")
+    weight_decay: float = _key(1e-4, "L2 weight decay")
+    no_wd_bn_bias: bool = _key(False, "exempt BatchNorm weights and all biases from weight decay")
+    label_smoothing: float = _key(0.1, "label smoothing of the cross-entropy loss")
+    implementation: Literal["auto", "fused", "foreach", "for-loop"] = _key(
+        "auto", "SGD kernel: auto picks fused where available, else foreach")
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "multistep"  # multistep | cosine | onecycle | constant
-    warmup_epochs: float = 10.0
-    warmup_start_lr: float = 1e-5
-    milestones: tuple[float, ...] = (100.0, 150.0)  # epochs (multistep)
-    gamma: float = 0.1  # multistep factor
-    final_lr: float = 0.0  # cosine and onecycle end here
+    name: Literal["multistep", "cosine", "onecycle", "constant"] = _key(
+        "multistep", "learning-rate schedule after the warm-up, updated every step")
+    warmup_epochs: float = _key(10.0, "linear warm-up length in epochs (0: none)")
+    warmup_start_lr: float = _key(1e-5, "learning rate at the first step of the warm-up")
+    milestones: tuple[float, ...] = _key((100.0, 150.0), "multistep: epochs at which the lr is multiplied by gamma")
+    gamma: float = _key(0.1, "multistep: the factor at each milestone")
+    final_lr: float = _key(0.0, "cosine and onecycle: the learning rate at the end")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 128  # global, over all ranks
-    seed: int = 0
-    deterministic: bool = False  # deterministic algorithms (bit-exact reruns on CPU)
-    device: str = "auto"  # auto | cuda | cpu
-    amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | bf16 | fp16 | none
-    channels_last: bool = True
-    compile: str = "auto"  # auto (on CUDA only) | true | false
-    compile_mode: str = "default"  # torch.compile mode, e.g. max-autotune-no-cudagraphs
-    eval_every: int = 1  # epochs; the last epoch is always evaluated
-    checkpoint_every: int = 10  # epochs; the last epoch, and the epoch a run is stopped at, are always saved
-    keep_checkpoints: int = 0  # keep only the newest N checkpoints; 0 keeps all
-    log_every: int = 50  # steps between host syncs for logging
-    run_dir: str = "runs/default"
-    resume: bool = False  # continue from run_dir's latest checkpoint
-    progress: bool = True  # tqdm bars on rank 0
+    epochs: int = _key(200, "training epochs")
+    batch_size: int = _key(128, "global batch size, over all ranks")
+    seed: int = _key(0, "seeds the model, the shuffle and every augmentation draw")
+    deterministic: bool = _key(False, "deterministic algorithms (bit-exact reruns on CPU)")
+    device: Literal["auto", "cuda", "cpu"] = _key("auto", "training device; auto is CUDA when present")
+    amp: Literal["auto", "bf16", "fp16", "none"] = _key("auto", "autocast dtype; auto is bf16 on CUDA, none on CPU")
+    channels_last: bool = _key(True, "NHWC memory format for the model and its inputs")
+    compile: Literal["auto", "true", "false"] = _key("auto", "torch.compile the model; auto is on CUDA only")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = _key(
+        "default", "torch.compile mode")
+    cuda_graph: Literal["auto", "true", "false"] = _key(
+        "false", "capture the whole training step (forward, backward, update) in a CUDA graph")
+    max_steps: int = _key(0, "stop after this many optimizer steps in all, cut short (0: no limit)")
+    eval_every: int = _key(1, "epochs between evaluations; the last epoch is always evaluated")
+    checkpoint_every: int = _key(10, "epochs between checkpoints; the last and a stopped epoch are always saved")
+    keep_checkpoints: int = _key(0, "keep only the newest N checkpoints; 0 keeps all")
+    log_every: int = _key(50, "steps between host syncs for logging")
+    run_dir: str = _key("runs/default", "where config, metrics, checkpoints and summary are written")
+    resume: bool = _key(False, "continue run_dir from its latest checkpoint (run.py --resume)")
+    progress: bool = _key(True, "tqdm progress bars on rank 0")
 
 
 @dataclass(frozen=True)
@@ -109,17 +129,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-CHOICES = {
-    "model.shortcut": ("A", "B"),
-    "data.dataset": ("cifar10", "cifar100"),
-    "loader.device": ("auto", "gpu", "cpu"),
-    "loader.dtype": ("float32", "float16", "bfloat16"),
-    "schedule.name": ("multistep", "cosine", "onecycle", "constant"),
-    "train.device": ("auto", "cuda", "cpu"),
-    "train.amp": ("auto", "bf16", "fp16", "none"),
-    "train.compile": ("auto", "true", "false"),
-    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-}
+def choices(kind) -> tuple | None:
+    """The allowed values of a Literal-typed key, else None."""
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
 
 
 def _sections() -> dict[str, type]:
@@ -129,6 +141,12 @@ def _sections() -> dict[str, type]:
 def _coerce(key: str, value, kind):
     """Check one value against its declared type; ints may stand for floats, YAML's '1e-5' too."""
     origin = typing.get_origin(kind)
+    allowed = choices(kind)
+    if allowed is not None:
+        value = _coerce(key, value, type(allowed[0]))
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+        return value
     if origin is tuple:
         (elem, _ellipsis) = typing.get_args(kind)
         if not isinstance(value, (list, tuple)):
@@ -234,16 +252,14 @@ def load(path: str | Path | None, overrides: list[str] = (), world_size: int = 1
 
 def validate(cfg: Config, world_size: int = 1) -> None:
     from fastcifar.models import check_model_name
-    from pipelines import LOADERS
 
     tree = to_dict(cfg)
-    for dotted, choices in CHOICES.items():
-        section, key = dotted.split(".")
-        if tree[section][key] not in choices:
-            raise ConfigError(f"{dotted}: {tree[section][key]!r} is not one of {', '.join(choices)}")
+    for section, cls in _sections().items():  # also for configs built in code, not parsed
+        for key, kind in typing.get_type_hints(cls).items():
+            allowed = choices(kind)
+            if allowed is not None and tree[section][key] not in allowed:
+                raise ConfigError(f"{section}.{key}: {tree[section][key]!r} is not one of {', '.join(allowed)}")
     check_model_name(cfg.model.name)
-    if cfg.loader.name not in LOADERS:
-        raise ConfigError(f"loader.name: unknown loader {cfg.loader.name!r} (valid: {', '.join(LOADERS)})")
 
     def need(ok: bool, key: str, what: str):
         if not ok:
@@ -262,6 +278,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(len(a.std) == 3 and all(v > 0 for v in a.std), "augment.std", "3 positive values")
     need(ld.workers >= 0, "loader.workers", "an integer >= 0")
     need(ld.dali_prefetch >= 0, "loader.dali_prefetch", "an integer >= 0 (0: synchronous)")
+    need(ld.dali_batches_per_run > 0, "loader.dali_batches_per_run", "an integer > 0")
     need(ld.eval_batch_size > 0, "loader.eval_batch_size", "an integer > 0")
     need(o.lr > 0, "optim.lr", "a learning rate > 0")
     need(0 <= o.momentum < 1, "optim.momentum", "a value in [0, 1)")
@@ -281,6 +298,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(ld.eval_batch_size >= world_size, "loader.eval_batch_size", f"at least the world size ({world_size})")
     need(t.eval_every > 0, "train.eval_every", "an integer > 0")
     need(t.checkpoint_every > 0, "train.checkpoint_every", "an integer > 0")
+    need(t.max_steps >= 0, "train.max_steps", "an integer >= 0 (0: no limit)")
     need(t.keep_checkpoints >= 0, "train.keep_checkpoints", "an integer >= 0 (0 keeps all)")
     need(t.log_every > 0, "train.log_every", "an integer > 0")
     need(t.run_dir != "", "train.run_dir", "a directory path")
@@ -315,17 +333,20 @@ def save(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def help_text() -> str:
-    """Every key with its type and default, for run.py --help."""
+def help_text(cfg: Config | None = None) -> str:
+    """Every key with its description, type and value in cfg (default: the built-in defaults),
+    for run.py --help."""
     lines = []
-    defaults = to_dict(Config())
+    values = to_dict(cfg or Config())
     for section, cls in _sections().items():
         lines.append(f"{section}:")
-        for key, kind in typing.get_type_hints(cls).items():
-            choices = CHOICES.get(f"{section}.{key}")
-            kind_name = "list" if typing.get_origin(kind) is tuple else kind.__name__
-            extra = f"  one of: {', '.join(choices)}" if choices else ""
-            value = yaml.safe_dump(defaults[section][key], default_flow_style=True).strip()
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            allowed = choices(kind)
+            kind_name = ("list" if typing.get_origin(kind) is tuple
+                         else "one of " + "|".join(allowed) if allowed else kind.__name__)
+            value = yaml.safe_dump(values[section][f.name], default_flow_style=True).strip()
             value = value.removesuffix("...").strip()  # safe_dump ends bare scalars with '...'
-            lines.append(f"  --{section}.{key}={value}  ({kind_name}){extra}")
+            lines.append(f"  --{section}.{f.name}={value}  ({kind_name}) {f.metadata.get('help', '')}".rstrip())
     return "\n".join(lines)

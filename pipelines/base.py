@@ -16,7 +16,6 @@ import torch
 
 from fastcifar.config import AugmentConfig, Config, LoaderConfig
 from fastcifar.data import CifarSplit
-from fastcifar.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -59,8 +58,6 @@ def register_loader(name: str):
 
 def build_loader(cfg: Config, split: str, data: CifarSplit, device: torch.device,
                  rank: int = 0, world_size: int = 1) -> Loader:
-    if cfg.loader.name not in LOADERS:
-        raise ConfigError(f"loader.name: unknown loader {cfg.loader.name!r} (valid: {', '.join(LOADERS)})")
     train = split == "train"
     global_batch = cfg.train.batch_size if train else cfg.loader.eval_batch_size
     spec = LoaderSpec(

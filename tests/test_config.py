@@ -130,3 +130,32 @@ def test_recipe_change_names_the_first_recipe_key_that_differs():
     assert config_lib.recipe_change(other, cfg) == "schedule.milestones: [50, 80] -> [50.0, 75.0]"
     older = {**saved, "optim": {k: v for k, v in saved["optim"].items() if k != "no_wd_bn_bias"}}
     assert config_lib.recipe_change(older, cfg) is None  # saved before the key existed
+
+
+def test_config_loader_names_match_the_registry():
+    import typing
+
+    from pipelines import LOADERS
+
+    assert set(config_lib.choices(typing.get_type_hints(config_lib.LoaderConfig)["name"])) == set(LOADERS)
+
+
+def test_help_describes_every_key_and_shows_the_config_files_values():
+    text = config_lib.help_text(load("--train.epochs=7"))
+    keyed = [line for line in text.splitlines() if line.startswith("  --")]
+    assert len(keyed) == sum(len(keys) for keys in config_lib.to_dict(Config()).values())
+    import re
+
+    undescribed = [line for line in keyed if not re.match(r"  --\S+=.*  \((one of \S+|str|int|float|bool|list)\) \S", line)]
+    assert not undescribed, undescribed
+    assert "--train.epochs=7 " in text and "--train.run_dir=runs/resnet20 " in text
+    assert "(one of multistep|cosine|onecycle|constant)" in text
+    result = subprocess.run([sys.executable, "run.py", "configs/resnet56.yml", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--model.name=resnet56 " in result.stdout
+
+
+def test_literal_keys_reject_values_outside_their_choices_in_code_built_configs():
+    bad = Config(loader=config_lib.LoaderConfig(dtype="float64"))
+    with pytest.raises(ConfigError, match=r"loader\.dtype: 'float64' is not one of"):
+        config_lib.validate(bad)
