@@ -1,7 +1,7 @@
 """CIFAR-10/100 in memory: uint8 NHWC images and int64 labels, from any of three layouts.
 
 Looked for under ``root`` in this order:
-  1. ``<root>/<dataset>/{train,test}.npz`` holding ``images`` (uint8 [N,32,32,3]) and ``labels``;
+  1. ``<root>/<dataset>/{train,test}.npz`` holding ``images`` (uint8 [N,32,32,3]) and integer ``labels``;
   2. the extracted official layout ``cifar-10-batches-py/`` or ``cifar-100-python/``, read with
      plain pickle and no per-file md5 check (re-packed copies have other bytes);
   3. the official archive ``cifar-{10,100}-python.tar.gz``, extracted in place;
@@ -76,6 +76,8 @@ def _check(images, labels, num_classes: int, source: Path) -> CifarSplit:
         dtype = getattr(images, "dtype", None)
         raise DataError(f"{source}: images must be uint8 [N,32,32,3], got {dtype} {shape}")
     labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):  # float labels would be truncated silently
+        raise DataError(f"{source}: labels must have an integer dtype, got {labels.dtype}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise DataError(f"{source}: {len(images)} images but labels of shape {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):

@@ -119,6 +119,19 @@ def test_truncated_and_malformed_files(tmp_path):
         load_cifar("cifar10", bad_archive, "train")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.bool_])
+def test_labels_must_be_integers(tmp_path, dtype):
+    write_npz(tmp_path, "cifar10", 10, 5)
+    path = tmp_path / "cifar10" / "train.npz"
+    np.savez(path, images=np.zeros((5, 32, 32, 3), np.uint8), labels=np.arange(5).astype(dtype))
+    with pytest.raises(DataError) as e:
+        load_cifar("cifar10", tmp_path, "train")
+    assert one_line(e) == f"{path}: labels must have an integer dtype, got {np.dtype(dtype)}"
+    for ok in (np.uint8, np.int32):  # any integer dtype is accepted, and widened to int64
+        np.savez(path, images=np.zeros((5, 32, 32, 3), np.uint8), labels=np.arange(5).astype(ok))
+        assert load_cifar("cifar10", tmp_path, "train").labels.dtype == np.int64
+
+
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown data set"):
         load_cifar("svhn", ".", "train")
