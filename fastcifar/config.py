@@ -64,7 +64,7 @@ class LoaderConfig:
     name: LoaderName = _key("torchvision", "the loader backend")
     device: Literal["auto", "gpu", "cpu"] = _key(
         "auto", "where a GPU-capable loader runs; auto follows train.device")
-    workers: int = _key(4, "CPU worker processes of the torchvision loader")
+    workers: int = _key(4, "CPU worker processes of the torchvision loader, at most the CPUs it may use")
     eval_batch_size: int = _key(1000, "global evaluation batch size")
     dtype: Literal["float32", "float16", "bfloat16"] = _key("float32", "dtype of the images handed to the model")
     dali_prefetch: int = _key(0, "dali: batches scheduled ahead by the pipelined executor (0: synchronous)")

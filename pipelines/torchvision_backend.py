@@ -7,6 +7,8 @@ on the number of workers, and a resumed run sees the same augmented images as an
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
@@ -59,11 +61,20 @@ class EpochBatchSampler(EpochPlan, Sampler):
             yield self.key(step), indices[step * size:(step + 1) * size]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as DataLoader counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class TorchvisionLoader:
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
         self.sampler = EpochBatchSampler(spec)
-        workers = spec.loader.workers
+        # The configs' default of 4 workers would oversubscribe a small machine, and DataLoader
+        # warns about it once per loader; the batches do not depend on the worker count.
+        workers = min(spec.loader.workers, usable_cpus())
         self.dataloader = DataLoader(
             AugmentedCifar(spec), batch_sampler=self.sampler, num_workers=workers,
             pin_memory=spec.device.type == "cuda", persistent_workers=workers > 0,

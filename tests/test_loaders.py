@@ -90,6 +90,24 @@ def test_workers_do_not_change_the_batches():
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
+def test_workers_are_at_most_the_usable_cpus(monkeypatch):
+    """The configs ask for 4 workers; on a smaller machine that is clamped, without warnings."""
+    import os
+    import warnings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    data = split(64)
+    loader = build_loader(make_cfg(workers=4), "train", data, torch.device("cpu"))
+    assert loader.dataloader.num_workers == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = list(loader)
+    assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
+    assert len(out) == 2
+    assert build_loader(make_cfg(workers=0), "train", data, "cpu").dataloader.num_workers == 0
+
+
 def test_train_shards_are_disjoint_complete_and_equal_length(backend):
     n, world = 250, 2
     shards = [train_indices(n, 3, 0, r, world) for r in range(world)]
