@@ -47,8 +47,11 @@ class AugmentedCifar(Dataset):
 
     def __getitems__(self, batch):
         key, indices = batch
+        # torchvision's transforms draw from the default CPU generator and take no other, so that
+        # one is the batch's generator, seeded alone and restored after: torch.manual_seed would
+        # also reseed every CUDA generator, which fork_rng(devices=[]) does not restore.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key)
+            torch.default_generator.manual_seed(key)
             return [(self.transform(self.images[i]), self.labels[i]) for i in indices]
 
 
@@ -79,6 +82,9 @@ class TorchvisionLoader:
             AugmentedCifar(spec), batch_sampler=self.sampler, num_workers=workers,
             pin_memory=spec.device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
+            # each epoch's iterator draws a base seed for its workers: from this generator, not
+            # the process's (no batch depends on it, each batch is reseeded by its key)
+            generator=torch.Generator().manual_seed(spec.seed),
         )
 
     def set_epoch(self, epoch: int) -> None:

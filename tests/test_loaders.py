@@ -90,6 +90,45 @@ def test_workers_do_not_change_the_batches():
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
+def test_torchvision_draws_leave_the_process_generators_alone(monkeypatch):
+    """workers=0 runs the transforms in this process: each batch's seed must not touch the global
+    CPU state nor reseed any CUDA generator, and a key must still give the draws it always gave."""
+    from pipelines.torchvision_backend import build_transform
+
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(("all", seed)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append(("one", seed)))
+    data = split(64)
+    cfg = make_cfg(batch=32)
+    loader = build_loader(cfg, "train", data, torch.device("cpu"))
+    loader.set_epoch(2)
+    torch.manual_seed(1234)
+    seeded.clear()
+    before = torch.random.get_rng_state()
+    out = list(loader)
+    assert seeded == []
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+    key, indices = next(iter(loader.sampler))  # the draws of torch.manual_seed(key), as before
+    transform = build_transform(loader.spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(key)
+        expected = torch.stack([transform(torch.from_numpy(data.images[i]).permute(2, 0, 1)) for i in indices])
+    assert torch.equal(out[0][0], expected.contiguous(memory_format=torch.channels_last))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torchvision_loader_keeps_the_cuda_generator_state():
+    data = split(64)
+    loader = build_loader(make_cfg(batch=32), "train", data, torch.device("cuda"))
+    torch.cuda.manual_seed(99)
+    before = torch.cuda.get_rng_state()
+    out = list(loader)
+    assert out[0][0].device.type == "cuda"
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
 def test_workers_are_at_most_the_usable_cpus(monkeypatch):
     """The configs ask for 4 workers; on a smaller machine that is clamped, without warnings."""
     import os
