@@ -1,4 +1,5 @@
-"""Backend 'torch-gpu': the four augmentations as batched torch ops on the training device.
+"""Backend 'torch-gpu': the four augmentations as batched torch ops on the training device (or on
+the device loader.device names: cpu, or gpu).
 
 The uint8 NHWC data set is uploaded once; each batch is gathered by index on the device. Crop and
 flip are one gather from the zero-padded batch (per-sample row/column index maps); normalisation
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fastcifar.config import AugmentConfig
+from fastcifar.errors import ConfigError
 from pipelines.base import LoaderSpec, register_loader
 from pipelines.sharding import EpochPlan, index_tensor
 
@@ -97,26 +99,41 @@ class BatchAugment:
         return out.masked_fill(mask[..., None], self.augment.erase_value)
 
 
+def augment_device(spec: LoaderSpec) -> torch.device:
+    """Where the batches are augmented: loader.device, where auto is the training device."""
+    wanted = spec.loader.device
+    if wanted == "auto":
+        return spec.device
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("loader.device: 'gpu' needs CUDA, which is not available here; "
+                          "use --loader.device=cpu (or auto) for the torch-gpu loader")
+    return spec.device if spec.device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+
+
 class TorchGpuLoader(EpochPlan):
     def __init__(self, spec: LoaderSpec):
         super().__init__(spec)
-        device = spec.device
+        self.device = device = augment_device(spec)
         self.images = torch.from_numpy(spec.data.images).to(device)  # uploaded once
         self.labels = torch.from_numpy(spec.data.labels).to(device)
         self.augment = BatchAugment(spec, device)
 
     def __iter__(self):
         s = self.spec
-        order = index_tensor(self.order(), s.device)  # one upload per epoch, sliced on the device
-        generator = torch.Generator(device=s.device) if s.train else None
+        order = index_tensor(self.order(), self.device)  # one upload per epoch, sliced on the device
+        generator = torch.Generator(device=self.device) if s.train else None
         for step in range(self.steps):
             idx = order[step * s.batch_size:(step + 1) * s.batch_size]
             if generator is not None:
                 generator.manual_seed(self.key(step))
             images = self.augment(self.images[idx], generator).permute(0, 3, 1, 2)  # NCHW view
+            # no-ops when augmenting on the training device
+            images = images.to(s.device, non_blocking=True)
             if not s.channels_last:
                 images = images.contiguous()
-            yield images, self.labels[idx]
+            yield images, self.labels[idx].to(s.device, non_blocking=True)
 
 
 @register_loader("torch-gpu")

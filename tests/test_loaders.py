@@ -129,6 +129,38 @@ def test_torchvision_loader_keeps_the_cuda_generator_state():
     assert torch.equal(torch.cuda.get_rng_state(), before)
 
 
+def test_torch_gpu_augments_where_loader_device_says():
+    from fastcifar.errors import ConfigError
+
+    data = split(64)
+    cfg = make_cfg(backend="torch-gpu", batch=32)
+    on = lambda device: dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, device=device))
+    # a 'meta' training device stands in for a GPU: batches made on the CPU must be moved to it
+    loader = build_loader(on("cpu"), "train", data, torch.device("meta"))
+    assert loader.images.device.type == "cpu"
+    images, labels = next(iter(loader))
+    assert images.device.type == labels.device.type == "meta"
+    assert images.shape == (32, 3, 32, 32) and images.is_contiguous(memory_format=torch.channels_last)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError) as e:
+            build_loader(on("gpu"), "train", data, torch.device("cpu"))
+        assert str(e.value).startswith("loader.device: 'gpu' needs CUDA") and "\n" not in str(e.value)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_gpu_on_the_cpu_feeds_a_cuda_model_the_same_images_without_augmentation():
+    data = split(64)
+    cfg = make_cfg(backend="torch-gpu", batch=32, **OFF)
+    on = lambda device: dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, device=device))
+    host = build_loader(on("cpu"), "train", data, torch.device("cuda"))
+    gpu = build_loader(on("gpu"), "train", data, torch.device("cuda"))
+    assert host.images.device.type == "cpu" and gpu.images.device.type == "cuda"
+    for (x0, y0), (x1, y1) in zip(host, gpu, strict=True):
+        assert x0.device.type == y0.device.type == "cuda"
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
 def test_workers_are_at_most_the_usable_cpus(monkeypatch):
     """The configs ask for 4 workers; on a smaller machine that is clamped, without warnings."""
     import os
