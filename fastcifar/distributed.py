@@ -36,11 +36,21 @@ def rank_from_env() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+DEVICE_CHOICES = ("auto", "cuda", "cpu")
+
+
+def resolve_device(preference: str = "auto", local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """The one place a device choice becomes a device, for training, evaluation and benchmarks.
+
+    'auto' is CUDA when present, else the CPU; CUDA means GPU `local_rank` modulo the visible GPUs.
+    Asking for CUDA without it, or any other value, is a one-line ConfigError naming `key` (the
+    config key or command-line option the value came from)."""
+    if preference not in DEVICE_CHOICES:
+        raise ConfigError(f"{key}: {preference!r} is not one of {', '.join(DEVICE_CHOICES)}")
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was asked for but CUDA is not available; use --train.device=cpu")
+        raise ConfigError(f"{key}: 'cuda' needs CUDA, which is not available here; use cpu (or auto)")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 

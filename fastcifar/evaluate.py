@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fastcifar.distributed import DEVICE_CHOICES, resolve_device
 from fastcifar.errors import FastcifarError, stderr_line
 
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data.download", dest="download", action="store_true", help="download CIFAR-10 if missing")
     p.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="where shipped weights and manifest.json are")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -68,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FastcifarError(f"--limit: {args.limit} is invalid: expected an integer > 0")
         if args.batch_size <= 0:
             raise FastcifarError(f"--batch-size: {args.batch_size} is invalid: expected an integer > 0")
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            raise FastcifarError("--device: 'cuda' needs CUDA, which is not available here; use --device cpu")
+        device = resolve_device(args.device, key="--device").type
         model = hub.get_model(args.model)
         if args.pretrained:
             state, path = hub.load_weights(args.model, args.weights_dir)
