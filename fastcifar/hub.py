@@ -25,6 +25,7 @@ import torch.nn as nn
 from fastcifar.errors import CheckpointError, FastcifarError
 from fastcifar.files import file_digest, write_text_atomic
 from fastcifar.models import PAPER_DEPTHS, build_model
+from fastcifar.scoring import evaluate_model
 from fastcifar.training import checkpoint as ckpt
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -137,8 +138,6 @@ def export_weights(source: str | Path, name: str, data_root: str | Path,
     fp32, prefix-free, strictly loadable, named by its sha256, with its accuracy on the test set
     and on the first SUBSET test images (CPU, fp32) in the manifest. `record` (e.g. the run's
     seed and final accuracy during training) is stored beside them."""
-    from fastcifar.evaluate import evaluate_model
-
     weights_dir = Path(weights_dir)
     state, path = checkpoint_state(source)
     model = build_model(model_name(name), num_classes=10)
