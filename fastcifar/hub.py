@@ -110,26 +110,71 @@ for _name in HUB_MODELS:
     globals()[HUB_MODELS[_name]] = globals()[_name]  # resnet56(pretrained=True) as well
 
 
+def architecture(state: dict) -> tuple[int, int, str] | None:
+    """(depth, classes, shortcut) of a CifarResNet state dict, read from its keys and shapes, or
+    None when it is not one."""
+    blocks = {k.split(".")[1] for k in state if k.startswith("layer1.")}
+    weight = state.get("fc.weight")
+    if not blocks or not all(b.isdigit() for b in blocks) or not isinstance(weight, torch.Tensor):
+        return None
+    shortcut = "B" if any(".shortcut.0." in k for k in state) else "A"
+    return 6 * (max(map(int, blocks)) + 1) + 2, weight.shape[0], shortcut
+
+
+def _describe(arch: tuple[int, int, str], other: tuple[int, int, str]) -> str:
+    """'resnet56', with the class count and shortcut only where they differ from `other`."""
+    depth, classes, shortcut = arch
+    extra = ([f"{classes} classes"] if classes != other[1] else []) + (
+        [f"shortcut {shortcut}"] if shortcut != other[2] else [])
+    return f"resnet{depth}" + (f" ({', '.join(extra)})" if extra else "")
+
+
 def load_into(model: nn.Module, state: dict, source) -> None:
-    """Strict load, with a one-line error naming the file when the state is another model's."""
+    """Strict load, with one short line naming the file when the state is another model's."""
     try:
         ckpt.load_model_state(model, state)
     except RuntimeError as e:
-        detail = " ".join(str(e).split())
-        raise HubError(f"{source} does not hold a {type(model).__name__} of depth "
-                       f"{getattr(model, 'depth', '?')}: {detail[:300]}") from None
+        found = architecture(ckpt.clean_state_dict(state)) if isinstance(state, dict) else None
+        wanted = architecture(ckpt.unwrap(model).state_dict())
+        if found is None or wanted is None:
+            raise HubError(f"{source} does not hold a CIFAR ResNet state dict") from None
+        if found != wanted:
+            raise HubError(f"{source} holds a {_describe(found, wanted)} state, not "
+                           f"{_describe(wanted, found)}") from None
+        detail = " ".join(str(e).split())  # same architecture, other keys: rare, keep it short
+        raise HubError(f"{source} does not fit {_describe(wanted, found)}: {detail[:160]}") from None
 
 
-def checkpoint_state(source: str | Path) -> tuple[dict, Path]:
-    """The model state of a training checkpoint, or of the latest one in a run directory."""
+def read_checkpoint(source: str | Path) -> tuple[dict, Path, dict | None]:
+    """(model state, file, the run's config tree or None) of a training checkpoint, the latest one
+    in a run directory, or a plain state dict. The config is the one the checkpoint embeds, else
+    the run directory's config.yaml; a plain state dict (e.g. shipped weights) has none."""
+    import yaml
+
     source = Path(source)
     path = ckpt.latest_checkpoint(source) if source.is_dir() else source
     if path is None:
         raise CheckpointError(f"no checkpoint_epoch*.pt in {source}")
     state = ckpt.load_checkpoint(path)
+    config = None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        config = state.get("config")
+        saved = path.parent / "config.yaml"
+        if not isinstance(config, dict) and saved.is_file():
+            try:
+                config = yaml.safe_load(saved.read_text())
+            except yaml.YAMLError as e:
+                raise CheckpointError(f"{saved} is not valid YAML: {str(e).splitlines()[0]}") from None
         state = state["model"]
-    return ckpt.clean_state_dict(state), path
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no state dict")
+    return ckpt.clean_state_dict(state), path, config if isinstance(config, dict) else None
+
+
+def checkpoint_state(source: str | Path) -> tuple[dict, Path]:
+    """The model state of a training checkpoint, or of the latest one in a run directory."""
+    state, path, _config = read_checkpoint(source)
+    return state, path
 
 
 def export_weights(source: str | Path, name: str, data_root: str | Path,

@@ -7,23 +7,34 @@ from pathlib import Path
 
 import torch
 
+from fastcifar.config import CIFAR10_MEAN, CIFAR10_STD
+
 
 def evaluate_model(model: torch.nn.Module, data_root: str | Path, limit: int | None = None,
-                   device: str = "cpu", batch_size: int = 1000, download: bool = False) -> dict:
-    """Top-1/top-5 (%) over the CIFAR-10 test set, or its first `limit` images, through the same
-    normalisation and evaluation code as training (the torch-gpu loader's eval path)."""
-    from fastcifar.config import Config, LoaderConfig, TrainConfig
+                   device: str | torch.device = "cpu", batch_size: int = 1000, download: bool = False,
+                   dataset: str = "cifar10", mean: tuple[float, ...] = CIFAR10_MEAN,
+                   std: tuple[float, ...] = CIFAR10_STD) -> dict:
+    """Top-1/top-5 (%) over the test set of `dataset`, or its first `limit` images, normalised with
+    the run's `mean` and `std`, in fp32 without compile (the torch-gpu loader's eval path). The
+    model is left in the train/eval mode it was in."""
+    from fastcifar.config import AugmentConfig, Config, DataConfig, LoaderConfig, TrainConfig
     from fastcifar.data import CifarSplit, load_cifar
     from fastcifar.training.engine import evaluate, resolve_runtime
     from pipelines import build_loader
 
-    data = load_cifar("cifar10", data_root, "test", download)
+    data = load_cifar(dataset, data_root, "test", download)
     if limit is not None:
         data = CifarSplit(data.images[:limit], data.labels[:limit], data.num_classes)
-    train = TrainConfig(device=device, amp="none", compile="false", channels_last=False)
-    cfg = Config(loader=LoaderConfig(name="torch-gpu", device="auto", eval_batch_size=batch_size), train=train)
-    runtime = resolve_runtime(train, torch.device(device))
+    device = torch.device(device)
+    train = TrainConfig(device=device.type, amp="none", compile="false", channels_last=False)
+    cfg = Config(data=DataConfig(dataset=dataset), augment=AugmentConfig(mean=tuple(mean), std=tuple(std)),
+                 loader=LoaderConfig(name="torch-gpu", device="auto", eval_batch_size=batch_size), train=train)
+    runtime = resolve_runtime(train, device)
+    modes = [(m, m.training) for m in model.modules()]  # per module: some may be frozen in eval
     model = model.to(runtime.device)
-    loader = build_loader(cfg, "test", data, runtime.device)
-    result = evaluate(model, loader, runtime)
+    try:
+        result = evaluate(model, build_loader(cfg, "test", data, runtime.device), runtime)
+    finally:
+        for m, training in modes:  # evaluate() ends in train mode, as the training loop wants
+            m.train(training)
     return {"top1": result["top1"], "top5": result["top5"], "images": result["test_images"]}

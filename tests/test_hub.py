@@ -1,6 +1,7 @@
 """Shipped weights, the hub entry points and the evaluate command."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -79,7 +80,7 @@ def test_tampered_weights_are_refused(exported):
 
 def test_exporting_a_checkpoint_of_another_depth_fails_before_writing(exported, tmp_path, synthetic_root):
     _model, weights, _entry = exported
-    with pytest.raises(hub.HubError, match=r"checkpoint_epoch0200.pt does not hold a CifarResNet of depth 32: .*Missing key"):
+    with pytest.raises(hub.HubError, match=r"checkpoint_epoch0200.pt holds a resnet20 state, not resnet32$"):
         hub.export_weights(tmp_path / "run", "cifar10_resnet32", synthetic_root, weights)
     assert "cifar10_resnet32" not in hub.read_manifest(weights)["weights"]
 
@@ -153,6 +154,20 @@ def test_shipped_weights_of_another_model_are_a_one_line_error(exported):
     manifest = json.loads((weights / "manifest.json").read_text())
     manifest["weights"]["cifar10_resnet20"]["sha256"] = hub.sha256(path)
     (weights / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(hub.HubError, match=r"does not hold a CifarResNet of depth 20") as info:
+    with pytest.raises(hub.HubError, match=rf"^{re.escape(str(path))} holds a resnet32 state, not resnet20$") as info:
         hub.get_model("cifar10_resnet20", pretrained=True, weights_dir=weights)
     assert "\n" not in str(info.value)
+
+
+def test_a_state_of_another_model_is_named_in_one_short_line():
+    model = build_model("resnet20")
+    cases = [
+        (build_model("resnet20", num_classes=100).state_dict(), "holds a resnet20 (100 classes) state, not resnet20 (10 classes)"),
+        (build_model("resnet20", shortcut="B").state_dict(), "holds a resnet20 (shortcut B) state, not resnet20 (shortcut A)"),
+        (build_model("resnet110").state_dict(), "holds a resnet110 state, not resnet20"),
+        ({"weight": torch.zeros(2)}, "does not hold a CIFAR ResNet state dict"),
+    ]
+    for state, message in cases:
+        with pytest.raises(hub.HubError) as info:
+            hub.load_into(model, state, "w.pt")
+        assert str(info.value) == f"w.pt {message}"
