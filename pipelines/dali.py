@@ -129,6 +129,9 @@ def build_pipeline(spec: LoaderSpec, device: str, runs_ahead: int):
 class DaliLoader(EpochPlan):
     def __init__(self, spec: LoaderSpec):
         super().__init__(spec)
+        if spec.train and spec.augment.crop_padding >= 32:  # a window would then lie wholly outside
+            raise ConfigError(f"augment.crop_padding: {spec.augment.crop_padding} is too large for loader "
+                              "'dali': expected < 32")
         self.device = pipeline_device(spec)
         self.per_run = spec.loader.dali_batches_per_run
         self.runs_ahead = spec.loader.dali_prefetch + 1  # the executor's queue: runs fed and scheduled
@@ -216,10 +219,13 @@ class DaliLoader(EpochPlan):
         crop, erase = uses_draws(s)
         while self.pending:  # an earlier epoch left before its end: its runs are still queued
             self.pending.pop(0)
-            self.pipe.outputs()
+            self.pipe.outputs(cuda_stream=self._stream)  # bound to the stream: dropped without a wait
         indices = self.order()
         runs = self.runs(len(indices))
-        order = index_tensor(indices, s.device)
+        if s.device.type == "cuda":  # pinned, so the upload does not wait for the GPU's queue
+            order = torch.tensor(indices, dtype=torch.int64).pin_memory().to(s.device, non_blocking=True)
+        else:
+            order = index_tensor(indices, s.device)
         gather = order if self.device == "gpu" else np.asarray(indices, np.int64)
 
         def feed(r: int) -> None:
