@@ -262,14 +262,20 @@ def default_loader_args(root, run_dir):
                                       if not o.startswith("--loader.name=")]]
 
 
-@pytest.mark.slow
-def test_default_loader_is_dali_in_cpu_mode_without_cuda(synthetic_root, tmp_path):
-    import yaml
+def test_default_loader_is_dali_in_cpu_mode_without_cuda(monkeypatch, tmp_path):
+    from fastcifar import config as config_lib
+    from pipelines.dali import DaliLoader
 
-    result = run_cli(default_loader_args(synthetic_root, tmp_path / "run"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["loader"]["name"] == "dali" and saved["loader"]["device"] == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = default_loader_args(tmp_path, tmp_path / "run")
+    cfg = config_lib.load(args[0], [a for a in args[1:] if not a.startswith("--train.device=")])
+    assert (cfg.loader.name, cfg.loader.device, cfg.train.device) == ("dali", "auto", "auto")
+    from fastcifar.distributed import resolve_device
+
+    loader = build_loader(cfg, "train", split(128), resolve_device(cfg.train.device))
+    assert isinstance(loader, DaliLoader) and loader.device == "cpu"
+    x, y = next(iter(loader))
+    assert x.shape == (64, 3, 32, 32) and len(y) == 64
 
 
 @pytest.mark.slow
