@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=common.non_negative_int, default=min(8, os.cpu_count() or 1),
                    help="torchvision loader workers (fast setting)")
     p.add_argument("--dali-prefetch", type=common.non_negative_int, default=0,
-                   help="dali loader: batches scheduled ahead (loader.dali_prefetch; 0 = synchronous)")
+                   help="dali loader: runs queued besides the next one (loader.dali_prefetch)")
+    p.add_argument("--dali-batches-per-run", type=common.positive_int, default=8,
+                   help="dali loader: batches per pipeline run, one DALI sample each (loader.dali_batches_per_run)")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--data", choices=("synthetic", "cifar10"), default="synthetic",
@@ -133,7 +135,7 @@ def log(message: str) -> None:
 def make_config(args, depth: int, loader: str, s: Setting):
     return common.load_config(common.BASE_CONFIG, common.overrides(
         model__name=f"resnet{depth}", loader__name=loader, loader__workers=s.workers,
-        loader__dali_prefetch=args.dali_prefetch,
+        loader__dali_prefetch=args.dali_prefetch, loader__dali_batches_per_run=args.dali_batches_per_run,
         train__batch_size=s.batch_size, train__device=args.device.type, train__amp=s.amp,
         train__compile=s.compile, train__compile_mode=args.compile_mode,
         train__channels_last=s.channels_last, train__seed=args.seed))
@@ -375,6 +377,7 @@ def settings(args, data_size: int) -> dict:
         "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "amp": args.amp, "compile": args.compile, "compile_mode": args.compile_mode,
         "channels_last": args.channels_last, "workers": args.workers, "dali_prefetch": args.dali_prefetch,
+        "dali_batches_per_run": args.dali_batches_per_run,
         "data": args.data, "data_size": data_size, "seed": args.seed,
         "cudnn_benchmark": args.device.type == "cuda",
         "seed_style": None if args.no_baseline else Setting(

@@ -67,8 +67,8 @@ class LoaderConfig:
     workers: int = _key(4, "CPU worker processes of the torchvision loader, at most the CPUs it may use")
     eval_batch_size: int = _key(1000, "global evaluation batch size")
     dtype: Literal["float32", "float16", "bfloat16"] = _key("float32", "dtype of the images handed to the model")
-    dali_prefetch: int = _key(0, "dali: batches scheduled ahead by the pipelined executor (0: synchronous)")
-    dali_batches_per_run: int = _key(8, "dali: training batches produced by one pipeline run")
+    dali_prefetch: int = _key(0, "dali: pipeline runs queued besides the next one, always scheduled ahead")
+    dali_batches_per_run: int = _key(8, "dali: batches produced by one pipeline run, one DALI sample each")
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(len(a.mean) == 3, "augment.mean", "3 values, one per channel")
     need(len(a.std) == 3 and all(v > 0 for v in a.std), "augment.std", "3 positive values")
     need(ld.workers >= 0, "loader.workers", "an integer >= 0")
-    need(ld.dali_prefetch >= 0, "loader.dali_prefetch", "an integer >= 0 (0: synchronous)")
+    need(ld.dali_prefetch >= 0, "loader.dali_prefetch", "an integer >= 0")
     need(ld.dali_batches_per_run > 0, "loader.dali_batches_per_run", "an integer > 0")
     need(ld.eval_batch_size > 0, "loader.eval_batch_size", "an integer > 0")
     need(o.lr > 0, "optim.lr", "a learning rate > 0")

@@ -98,7 +98,7 @@ def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
     """A fast CPU training setup: resnet8, fp32 eager, small batches, no warm-up."""
     values = {
         "model.name": "resnet8", "data.root": str(root), "data.download": False,
-        "loader.workers": 0, "loader.eval_batch_size": 100,
+        "loader.name": "torchvision", "loader.workers": 0, "loader.eval_batch_size": 100,
         "optim.lr": 0.05, "schedule.warmup_epochs": 0, "schedule.milestones": "[]",
         "train.epochs": 2, "train.batch_size": 64, "train.device": "cpu",
         "train.amp": "none", "train.compile": "false", "train.log_every": 2,
