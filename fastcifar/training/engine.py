@@ -117,9 +117,13 @@ def sgd_implementation(choice: str, device: torch.device) -> str:
     (one momentum_buffer per parameter), so checkpoints load across them."""
     if choice != "auto":
         return choice
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
-    return "fused" if device.type in _get_fused_kernels_supported_devices() else "foreach"
+        fused_devices = _get_fused_kernels_supported_devices()
+    except ImportError:  # a private helper: if it moves, CUDA is the device fused SGD has had longest
+        fused_devices = ["cuda"]
+    return "fused" if device.type in fused_devices else "foreach"
 
 
 def _implementation_flags(implementation: str) -> dict:
