@@ -468,3 +468,27 @@ def test_cuda_graph_trainer_trains_evaluates_and_resumes(synthetic_root, tmp_pat
     assert again["final_top1"] == pytest.approx(summary["final_top1"], abs=2.0)  # bf16: a few of 200 may flip
     os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     assert config_lib.load(tmp_path / "run" / "config.yaml").train.cuda_graph == "true"
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_prefetched_cuda_batches_equal_the_loaders(synthetic_root, tmp_path):
+    """On CUDA the batches are made on the side stream one step ahead; they are the same batches."""
+    from conftest import tiny_config
+
+    from fastcifar.data import load_cifar
+    from pipelines import build_loader
+
+    cfg = tiny_config(synthetic_root, tmp_path / "run", loader__name="torch-gpu", train__device="cuda")
+    data = load_cifar("cifar10", str(synthetic_root), "train", False)
+    device = torch.device("cuda")
+    direct, through = (build_loader(cfg, "train", data, device) for _ in range(2))
+    through = prefetch(through, device)
+    assert through.stream is not None
+    for loader in (direct, through):
+        loader.set_epoch(2)
+    pairs = list(zip(direct, through, strict=True))
+    assert len(pairs) == len(direct) > 1
+    for (a, b), (c, d) in pairs:
+        assert c.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a, c) and torch.equal(b, d)
