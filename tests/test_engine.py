@@ -164,6 +164,25 @@ def test_optimizer_state_loads_across_implementations(tmp_path, saved_by, loaded
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)  # fused fmas: rounding apart
 
 
+def test_momentum_saved_in_one_memory_format_loads_into_the_other():
+    """train.channels_last may change on resume: the buffers take their parameters' layout."""
+    data = batches(2)
+    model, opt = fresh("fused")
+    step = TrainStep(model, opt, cpu_runtime())
+    run_steps(step, data, lrs(2))
+    state = step.state_dict()
+    other, other_opt = fresh("fused")
+    other.to(memory_format=torch.channels_last)
+    other_step = TrainStep(other, other_opt, cpu_runtime())
+    other_step.load_state_dict(state)
+    conv = next(p for p in other.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for saved_p, p in zip(model.parameters(), other.parameters()):
+        buf = other_opt.state[p]["momentum_buffer"]
+        assert buf.stride() == p.stride()
+        assert torch.equal(buf, opt.state[saved_p]["momentum_buffer"])
+
+
 # ---- item 1: the static-buffer step (the CUDA graph's path, without capture) ---------------------
 @pytest.mark.parametrize("implementation", ["fused", "foreach"])
 def test_static_buffer_step_equals_the_plain_step(implementation):

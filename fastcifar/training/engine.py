@@ -212,6 +212,11 @@ class TrainStep:
         """Load an optimizer state saved by any implementation. torch's load_state_dict takes the
         saved groups' lr and fused/foreach flags too: ours are put back."""
         self.optimizer.load_state_dict(state)
+        for param, param_state in self.optimizer.state.items():
+            buf = param_state.get("momentum_buffer")
+            if buf is not None and buf.stride() != param.stride():
+                # saved under the other train.channels_last: fused kernels want the param's layout
+                param_state["momentum_buffer"] = torch.empty_like(param).copy_(buf)
         saved_lr = self.optimizer.param_groups[0]["lr"]
         for group in self.optimizer.param_groups:
             group.update(self._flags)
