@@ -34,9 +34,14 @@ def capture(fn, warmup: int = 3):
             fn()
     current.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
         out = fn()
     return graph, out
+
+
+# "thread_local": a pinned-memory allocation by the torchvision DataLoader's pin-memory thread during
+# capture would, in the default "global" mode, invalidate the capture (and poison that thread)
+CAPTURE_MODE = "thread_local"
 
 
 class GraphedTrainStep(TrainStep):
@@ -107,7 +112,7 @@ class GraphedTrainStep(TrainStep):
         # gradients allocated inside the capture live in the graph's pool at fixed addresses
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
             with self.runtime.autocast(cache=False):
                 loss = self.criterion(self.model(self.static_images), self.static_labels)
             loss.backward()
