@@ -80,7 +80,7 @@ class OptimConfig:
     no_wd_bn_bias: bool = _key(False, "exempt BatchNorm weights and all biases from weight decay")
     label_smoothing: float = _key(0.1, "label smoothing of the cross-entropy loss")
     implementation: Literal["auto", "fused", "foreach", "for-loop"] = _key(
-        "auto", "SGD kernel: auto picks fused where available, else foreach")
+        "auto", "SGD kernel: auto is fused where torch has it for the device (CUDA), else foreach")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class TrainConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = _key(
         "default", "torch.compile mode")
     cuda_graph: Literal["auto", "true", "false"] = _key(
-        "false", "capture the whole training step (forward, backward, update) in a CUDA graph")
+        "false", "CUDA graphs of the whole train step and eval forward; auto: on CUDA, 1 process, amp not fp16")
     max_steps: int = _key(0, "stop after this many optimizer steps in all, cut short (0: no limit)")
     eval_every: int = _key(1, "epochs between evaluations; the last epoch is always evaluated")
     checkpoint_every: int = _key(10, "epochs between checkpoints; the last and a stopped epoch are always saved")

@@ -23,13 +23,14 @@ from fastcifar.files import write_text_atomic
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training.engine import (
-    TrainStep,
+    Evaluator,
     average_buffers,
     build_optimizer,
-    evaluate,
+    build_train_step,
     prepare_model,
     resolve_runtime,
 )
+from fastcifar.training.prefetch import prefetch
 from fastcifar.training.schedule import LRSchedule
 from fastcifar.training.stopping import GracefulStop
 from pipelines import build_loader
@@ -55,23 +56,24 @@ class Trainer:
         self.dist = dist or dist_lib.setup(cfg.train.device)
         self.main = self.dist.is_main
         config_lib.validate(cfg, self.dist.world_size)
-        self.runtime = resolve_runtime(cfg.train, self.dist.device)
+        self.runtime = resolve_runtime(cfg.train, self.dist.device, self.dist.distributed, announce=self.main)
         self.run_dir = Path(cfg.train.run_dir)
         seed_everything(cfg.train.seed, cfg.train.deterministic)
 
         train_data, test_data = self._load_data()
         self.num_classes = train_data.num_classes
         device, rank, world = self.dist.device, self.dist.rank, self.dist.world_size
-        self.train_loader = build_loader(cfg, "train", train_data, device, rank, world)
-        self.test_loader = build_loader(cfg, "test", test_data, device, rank, world)
+        self.train_loader = prefetch(build_loader(cfg, "train", train_data, device, rank, world), device)
+        self.test_loader = prefetch(build_loader(cfg, "test", test_data, device, rank, world), device)
         if len(self.train_loader) == 0:
             raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the "
                               f"{len(train_data)} training images split over {world} rank(s)")
 
         self.model = build_model(cfg.model.name, self.num_classes, cfg.model.shortcut)
         self.eval_model, self.train_model = prepare_model(self.model, self.runtime, self.dist.distributed)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.step_fn = TrainStep(self.train_model, self.optimizer, self.runtime, cfg.optim.label_smoothing)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.runtime)
+        self.step_fn = build_train_step(self.train_model, self.optimizer, self.runtime, cfg.optim.label_smoothing)
+        self.evaluator = Evaluator(self.eval_model, self.runtime)
         self.schedule = LRSchedule(cfg.optim, cfg.schedule, len(self.train_loader), cfg.train.epochs)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer updates completed
@@ -126,7 +128,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "model": ckpt.model_state(self.model),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.step_fn.state_dict(),
             "scaler": self.step_fn.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -137,7 +139,7 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         ckpt.load_model_state(self.model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_fn.load_state_dict(state["optimizer"])
         self.step_fn.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds = state.get("train_seconds", 0.0)
@@ -202,7 +204,7 @@ class Trainer:
     def evaluate(self) -> dict:
         average_buffers(self.model, self.dist.world_size)
         self.test_loader.set_epoch(self.epoch)
-        return evaluate(self.eval_model, self.test_loader, self.runtime)
+        return self.evaluator(self.test_loader)
 
     def fit(self, on_epoch_end=None) -> dict:
         """Train to train.epochs. on_epoch_end(record), if given, sees each epoch's record.
@@ -265,6 +267,7 @@ class Trainer:
             "device": torch.cuda.get_device_name(self.dist.device) if self.dist.device.type == "cuda" else platform.processor() or "cpu",
             "amp": str(self.runtime.amp_dtype).replace("torch.", "") if self.runtime.amp_dtype else "none",
             "compile": self.runtime.compile,
+            "cuda_graph": self.runtime.cuda_graph,
             "channels_last": self.runtime.channels_last,
             "torch": torch.__version__,
         }
