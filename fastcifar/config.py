@@ -308,6 +308,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
 # (paths, loader, precision, compile, logging) says how to run it and may change, e.g. on another machine.
 RECIPE = ("model", "augment", "optim", "schedule", "data.dataset", "train.epochs", "train.batch_size",
           "train.seed")
+# Inside a recipe section, but how to run it: every SGD kernel makes the same update and state.
+NOT_RECIPE = ("optim.implementation",)
 
 
 def recipe_change(saved: dict, cfg: Config) -> str | None:
@@ -318,7 +320,7 @@ def recipe_change(saved: dict, cfg: Config) -> str | None:
     for entry in RECIPE:
         section, _, only = entry.partition(".")
         for key, value in current[section].items():
-            if only and key != only:
+            if (only and key != only) or f"{section}.{key}" in NOT_RECIPE:
                 continue
             known = saved.get(section) or {}
             if key not in known:  # saved before the key existed: nothing to compare

@@ -126,6 +126,8 @@ def test_recipe_change_names_the_first_recipe_key_that_differs():
     assert config_lib.recipe_change(saved, cfg) is None
     moved = {**saved, "data": {**saved["data"], "root": "/elsewhere"}, "loader": {**saved["loader"], "workers": 1}}
     assert config_lib.recipe_change(moved, cfg) is None  # how to run it, not what it trains
+    kernel = {**saved, "optim": {**saved["optim"], "implementation": "foreach"}}
+    assert config_lib.recipe_change(kernel, cfg) is None  # the same update, another kernel
     other = {**saved, "schedule": {**saved["schedule"], "milestones": [50, 80]}}
     assert config_lib.recipe_change(other, cfg) == "schedule.milestones: [50, 80] -> [50.0, 75.0]"
     older = {**saved, "optim": {k: v for k, v in saved["optim"].items() if k != "no_wd_bn_bias"}}
