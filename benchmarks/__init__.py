@@ -1,5 +1,3 @@
-"""Benchmarks: throughput.py, time_to_accuracy.py and report.py, with shared helpers in common.py.
-
-The scripts run from the repository root (``python benchmarks/throughput.py``); this package is not
-installed, so each script puts the repository root on sys.path itself.
-"""
+"""The benchmark scripts (throughput, time to accuracy, the paper reproduction, weight export, the
+report) and their few shared helpers (common.py). Installed with the project, so the scripts and the
+tests import them without path edits."""
