@@ -1,18 +1,13 @@
-"""What the benchmark scripts share: options, the environment a figure depends on, timing and
-statistics, output. Model costs live in fastcifar.flops, synthetic data in fastcifar.synthetic."""
+"""What the benchmark scripts share: options, timing and statistics, output. Model costs live in
+fastcifar.flops, synthetic data in fastcifar.synthetic, what a figure depends on in fastcifar.environment."""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
-import shlex
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -79,68 +74,21 @@ def overrides(**values) -> list[str]:
     return [f"--{k.replace('__', '.')}={text.get(v, v) if isinstance(v, bool) else v}" for k, v in values.items()]
 
 
-# ---- the environment -----------------------------------------------------------------------------
-def _run(cmd: list[str]) -> str | None:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _version(prefix: str) -> str | None:
-    """An installed distribution's version without importing it (DALI's import is slow)."""
-    from importlib import metadata
-
-    for dist in metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower()
-        if name.startswith(prefix):
-            return f"{name} {dist.version}"
-    return None
-
-
-def environment() -> dict:
-    """What a figure depends on, and nothing that names the machine (no hostname, no user)."""
-    import torchvision
-
-    cuda = torch.cuda.is_available()
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
-    driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None
-    commit = _run(["git", "rev-parse", "HEAD"])
-    dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])) if commit else None
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "git": {"commit": commit, "dirty": dirty}, "python": platform.python_version(),
-        "platform": platform.platform(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "dali": _version("nvidia-dali"), "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "driver": driver.splitlines()[0] if driver else None,
-        "gpu": gpus[0] if gpus else None, "gpu_count": len(gpus), "gpus": gpus,
-        "cpu": platform.processor() or None, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-    }
-
-
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 # ---- timing and statistics -----------------------------------------------------------------------
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(run, device: torch.device, repeats: int = 1) -> list[float]:
     """Seconds of each call of run(), between two device syncs. Wall clock rather than CUDA events:
     loaders work partly on the host, which events on one stream would not see."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _device: None
     out = []
     for _ in range(repeats):
-        synchronize(device)
+        sync(device)
         start = time.perf_counter()
         run()
-        synchronize(device)
+        sync(device)
         out.append(time.perf_counter() - start)
     return out
 

@@ -1,20 +1,14 @@
 #!/usr/bin/env python
-"""Markdown tables and PNG plots from benchmark results, training curves from run directories, and
-the README's generated sections.
+"""Markdown tables and throughput plots from benchmark results, training curves of run directories
+(e.g. time_to_accuracy.py --curves runs), and the README's generated sections: between <!-- BEGIN
+GENERATED: K --> and <!-- END GENERATED: K --> for K in throughput, time_to_accuracy and paper.
 
-    python benchmarks/report.py                          # benchmarks/results/*.json -> benchmarks/results/
-    python benchmarks/report.py --readme README.md       # also rewrite the README's generated sections
+    python benchmarks/report.py --readme README.md       # benchmarks/results/*.json -> report.md, PNGs, README
     python benchmarks/report.py --runs runs/resnet56 runs/resnet20 --curves curves.png   # training curves
-
-Writes <out-dir>/report.md and one <result-stem>.png per throughput and time-to-accuracy file; with
---readme, replaces what lies between <!-- BEGIN GENERATED: K --> and <!-- END GENERATED: K --> for K
-in throughput, time_to_accuracy and paper (all paper_run files of reproduce.py in one table). --runs
-draws train loss, learning rate and test top-1 per epoch of each run's metrics.jsonl.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -22,6 +16,8 @@ import sys
 from pathlib import Path
 
 from benchmarks import common
+from fastcifar import rundir
+from fastcifar.files import write_text_atomic
 
 MARKERS = {"throughput": "throughput", "time_to_accuracy": "time_to_accuracy", "paper_run": "paper"}
 DASH = "—"
@@ -30,123 +26,99 @@ AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
 GOAL_TOP1 = {20: 91.7, 32: 92.6, 44: 93.1, 56: 93.4, 110: 93.7}
 
 
-def num(value, digits: int = 0) -> str:
-    return DASH if value is None else f"{value:,.{digits}f}"
+def num(value, digits: int = 0, suffix: str = "") -> str:
+    return DASH if value is None else f"{value:,.{digits}f}{suffix}"
 
 
 def rate(fig) -> str:
-    if not fig:
-        return DASH
-    if "images_per_s" not in fig:
-        return f"error: {fig.get('error', '?')}"[:90]
+    if not fig or "images_per_s" not in fig:
+        return f"error: {fig['error']}"[:90] if fig and fig.get("error") else DASH
     r = fig["images_per_s"]
     return f"{num(r['median'])} ({num(r['min'])}–{num(r['max'])})"
 
 
-def median(fig, key: str, scale: float = 1.0, digits: int = 1) -> str:
-    value = (fig or {}).get(key)
-    return num(value["median"] * scale, digits) if isinstance(value, dict) else DASH
+def median(fig, key: str) -> str:
+    return num(fig[key]["median"], 1) if fig and isinstance(fig.get(key), dict) else DASH
 
 
 def mean_std(stat: dict | None, digits: int = 1, unit: str = "") -> str:
-    if not stat or stat.get("mean") is None:
-        return DASH
-    return f"{stat['mean']:,.{digits}f} ± {stat['std']:,.{digits}f}{unit}"
-
-
-def header(result: dict) -> str:
-    env = result.get("environment", {})
-    device = env.get("gpu") or env.get("cpu") or "cpu"
-    device = f"{env['gpu_count']} x {device}" if env.get("gpu_count", 0) > 1 else device
-    git = env.get("git") or {}
-    commit = (git.get("commit") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
-    parts = [f"torch {env.get('torch', '?')}"] + [f"{k} {env[v]}" for k, v in (("CUDA", "cuda"), ("driver", "driver"))
-                                                  if env.get(v)] + ([env["dali"]] if env.get("dali") else [])
-    incomplete = "" if result.get("complete", True) else " (incomplete run)"
-    return f"**{device}**, {', '.join(parts)}; {env.get('date', '?')}, commit {commit}{incomplete}.  \n`{env.get('command', '?')}`"
-
-
-# ---- throughput ------------------------------------------------------------------------------------
-def batches(result: dict, r: dict) -> list[dict]:
-    """Per batch size; a schema-1 file measured one batch size, with an estimated compile time."""
-    if "batches" in r:
-        return r["batches"]
-    model = dict(r["model_alone"], compile_estimate=r["model_alone"].get("compile_seconds_estimate"))
-    return [{"batch_size": result["settings"]["batch_size"], "model_alone": model, "loaders": r["loaders"]}]
+    return DASH if not stat or stat.get("mean") is None else f"{stat['mean']:,.{digits}f} ± {stat['std']:,.{digits}f}{unit}"
 
 
 def on(value) -> str:
     return "on" if value in (True, "true") else "off"
 
 
-def ratio(num_fig, den_fig):
-    ok = all(f and "images_per_s" in f for f in (num_fig, den_fig))
-    return num_fig["images_per_s"]["median"] / den_fig["images_per_s"]["median"] if ok else None
+def header(result: dict) -> str:
+    env = result.get("environment", {})
+    device = (f"{env['gpu_count']} x " if env.get("gpu_count", 0) > 1 else "") + (env.get("gpu") or env.get("cpu") or "cpu")
+    git = env.get("git") or {}
+    parts = [f"torch {env.get('torch', '?')}", *(f"{k} {env[v]}" for k, v in (("CUDA", "cuda"), ("driver", "driver"))
+                                                 if env.get(v)), *([env["dali"]] if env.get("dali") else [])]
+    return (f"**{device}**, {', '.join(parts)}; {env.get('date', '?')}, commit {(git.get('commit') or 'unknown')[:10]}"
+            f"{' (dirty)' if git.get('dirty') else ''}{'' if result.get('complete', True) else ' (incomplete run)'}.  \n"
+            f"`{env.get('command', '?')}`")
 
 
-def compile_cell(fig: dict) -> str:
-    if "compile_estimate" in fig:
-        return f"{num(fig['compile_estimate'], 1)} (estimate)" if fig["compile_estimate"] is not None else DASH
-    c = fig.get("compile_seconds")
-    return f"{c['cold']:.1f} / {c['warm']:.1f}" if c else DASH  # empty when compile was off
+# ---- throughput ------------------------------------------------------------------------------------
+def batches(result: dict, r: dict) -> list[dict]:
+    """Per batch size; a schema-1 file measured one batch size, and estimated its compile time."""
+    if "batches" in r:
+        return r["batches"]
+    estimate = r["model_alone"].get("compile_seconds_estimate")
+    return [{"batch_size": result["settings"]["batch_size"], "loaders": r["loaders"],
+             "model_alone": {**r["model_alone"], "compile_seconds": None, "compile_estimate": estimate}}]
 
 
 def throughput_markdown(result: dict) -> str:
     s = result["settings"]
-    cfg = s.get("config", s)
-    bw = s.get("peak_bandwidth")
-    lines = [header(result), "", f"amp {cfg['amp']}, compile {on(cfg['compile'])}, channels_last {on(cfg['channels_last'])}, "
-             f"CUDA graph {on(cfg.get('cuda_graph'))}, {s['workers']} torchvision workers, {s['data']} data; "
-             f"median (min–max) images/s over {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up steps "
-             "(a loader-fed figure: at least an epoch). TFLOP/s counts 3x the forward FLOPs; bytes/image is an "
-             f"estimate (see the JSON), against a peak bandwidth of {f'{bw / 1e12:.2f} TB/s' if bw else 'unknown'}. "
-             "Compile: first step minus a typical one, cold / warm inductor cache.", ""]
+    cfg, bw = s.get("config", s), s.get("peak_bandwidth")
     model_rows, loader_rows = [], []
     for r in result["results"]:
         base, bs = r.get("seed_style"), batches(result, r)
         for b in bs:
-            m = b["model_alone"]
-            bw_cell = num(100 * m["bandwidth_fraction"], 0) + "%" if m.get("bandwidth_fraction") else DASH
-            model_rows.append([r["depth"], b["batch_size"], num(r["params"]), f"{r['macs_per_image'] / 1e6:,.1f} M",
-                               rate(m), median(m, "tflops"),
-                               num(b["bytes_per_image"] / 1e6, 2) if b.get("bytes_per_image") else DASH, bw_cell,
-                               compile_cell(m) if "images_per_s" in m else DASH,
-                               num(m["peak_memory_bytes"] / 2**30, 2) if m.get("peak_memory_bytes") else DASH])
+            m, c = b["model_alone"], b["model_alone"].get("compile_seconds")
+            compile_ = f"{c['cold']:.1f} / {c['warm']:.1f}" if c else num(m.get("compile_estimate"), 1, " (estimate)")
+            model_rows.append([r["depth"], b["batch_size"], num(r["params"]), f"{r['macs_per_image'] / 1e6:,.1f} M", rate(m),
+                               median(m, "tflops"), num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
+                               num(m.get("bandwidth_fraction") and 100 * m["bandwidth_fraction"], 0, "%"), compile_,
+                               num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, 2)])
             for name, e in b["loaders"].items():
-                if e.get("error"):
-                    loader_rows.append([r["depth"], b["batch_size"], name, f"unavailable: {e['error']}"[:90], *[DASH] * 4])
-                    continue
                 speed = (base or {}).get("speedup_end_to_end", {}).get(name) if b is bs[0] else None
                 rel = e.get("ratio_end_to_end_to_model")
-                loader_rows.append([r["depth"], b["batch_size"], name, rate(e["loader_alone"]), rate(e["end_to_end"]),
-                                    num(rel, 2) + (" (suspect)" if e.get("suspect") else "") if rel else DASH,
-                                    median(e["end_to_end"], "tflops"), num(speed, 1) + "x" if speed else DASH])
+                loader_rows.append([r["depth"], b["batch_size"], name, rate(e["loader_alone"]) if not e.get("error")
+                                    else f"unavailable: {e['error']}"[:90], rate(e["end_to_end"]),
+                                    num(rel, 2, " (suspect)" if e.get("suspect") else ""),
+                                    median(e["end_to_end"], "tflops"), num(speed, 1, "x")])
         if base:
             st = base["setting"]
             loader_rows.append([r["depth"], st["batch_size"], f"seed-style (torchvision, {st['workers']} workers, fp32, "
                                 f"NCHW, eager; model alone {rate(base['model_alone'])})", DASH, rate(base["end_to_end"]),
-                                num(base.get("ratio_end_to_end_to_model", ratio(base["end_to_end"], base["model_alone"])), 2), median(base["end_to_end"], "tflops"), "1.0x"])
-    lines.append(common.markdown_table(["depth", "batch", "params", "MACs/image", "model alone (img/s)", "TFLOP/s",
-                                        "MB/image (est.)", "of peak bandwidth", "compile (s)", "peak GiB"], model_rows))
-    lines += ["", common.markdown_table(["depth", "batch", "loader", "loader alone (img/s)", "end to end (img/s)",
-                                         "end to end / model alone", "TFLOP/s", "vs seed-style"], loader_rows)]
-    return "\n".join(lines)
+                                num(base.get("ratio_end_to_end_to_model"), 2), median(base["end_to_end"], "tflops"), "1.0x"])
+    return "\n".join([
+        header(result), "", f"amp {cfg['amp']}, compile {on(cfg['compile'])}, channels_last {on(cfg['channels_last'])}, "
+        f"CUDA graph {on(cfg.get('cuda_graph'))}, {s['workers']} torchvision workers, {s['data']} data; median (min–max) "
+        f"images/s over {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up steps (loader-fed: at least an "
+        "epoch). TFLOP/s counts 3x the forward FLOPs; MB/image is an estimate (see the JSON's bytes_convention), "
+        f"against a peak bandwidth of {num(bw and bw / 1e12, 2, ' TB/s') if bw else 'unknown'}. Compile: first step "
+        "minus a typical one, cold / warm inductor cache; empty when off.", "",
+        common.markdown_table(["depth", "batch", "params", "MACs/image", "model alone (img/s)", "TFLOP/s",
+                               "MB/image (est.)", "of peak bandwidth", "compile (s)", "peak GiB"], model_rows), "",
+        common.markdown_table(["depth", "batch", "loader", "loader alone (img/s)", "end to end (img/s)",
+                               "end to end / model alone", "TFLOP/s", "vs seed-style"], loader_rows)])
 
 
 def throughput_plot(result: dict, path: Path) -> Path:
-    plt = pyplot()
     groups = [(f"ResNet-{r['depth']}\nbatch {b['batch_size']}", b) for r in result["results"] for b in batches(result, r)]
-    series = {"model alone": [b["model_alone"] for _, b in groups]}
-    for name in result["settings"]["loaders"]:
-        series[f"{name} end to end"] = [b["loaders"].get(name, {}).get("end_to_end") for _, b in groups]
-    series = {k: v for k, v in series.items() if any(f and "images_per_s" in f for f in v)}
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
+    series = {"model alone": [b["model_alone"] for _, b in groups], **{
+        f"{n} end to end": [b["loaders"].get(n, {}).get("end_to_end") for _, b in groups] for n in result["settings"]["loaders"]}}
+    series = {k: [(j, f["images_per_s"]) for j, f in enumerate(v) if f and "images_per_s" in f] for k, v in series.items()}
+    series = {k: v for k, v in series.items() if v}  # an unavailable loader: no bars
+    fig, ax = pyplot().subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
     width = 0.8 / max(1, len(series))
-    for i, (label, figs) in enumerate(series.items()):
-        pts = [(j, f["images_per_s"]) for j, f in enumerate(figs) if f and "images_per_s" in f]
+    for i, (label, pts) in enumerate(series.items()):
         ax.bar([j + (i - (len(series) - 1) / 2) * width for j, _ in pts], [r["median"] for _, r in pts], width,
-               yerr=[[r["median"] - r["min"] for _, r in pts], [r["max"] - r["median"] for _, r in pts]],
-               capsize=2, label=label)
+               yerr=[[r["median"] - r["min"] for _, r in pts], [r["max"] - r["median"] for _, r in pts]], label=label)
     ax.set_xticks(range(len(groups)), [g for g, _ in groups])
     ax.set_yscale("log")  # ResNet-20 and ResNet-1202 differ by ~70x
     ax.set(ylabel="images / s (median, min–max)", title=f"Training throughput, {result['settings']['device_name']}")
@@ -156,48 +128,28 @@ def throughput_plot(result: dict, path: Path) -> Path:
 
 # ---- time to accuracy ------------------------------------------------------------------------------
 def time_cell(block: dict | None, key: str = "wall_seconds") -> str:
-    if not block:
-        return DASH
-    if block["status"] != "reached":
+    if block and block["status"] != "reached":
         return f"not reached (best mean final {block['best_mean_final_top1']:.2f}%)"
-    return mean_std(block[key], 0, " s")
+    return mean_std(block and block[key], 0, " s")
 
 
 def time_to_accuracy_markdown(result: dict) -> str:
-    s = result["settings"]
-    lines = [header(result), "", f"Target {s['target']}% test top-1 on {s['data']}, {s['seeds']} seed(s) per recipe, "
-             f"{s['world_size']} process(es). Time to target: wall time of the fastest recipe whose MEAN FINAL accuracy "
-             "reaches it (mean ± std over seeds), with and without compile time (measured, cold cache each run).", ""]
-    rows = []
+    s, rows = result["settings"], []
     for d in result["depths"]:
-        t, recipes = d["time_to_target"], d["recipes"]
-        scored = [r for r in recipes if r["final_top1"].get("mean") is not None]
-        chosen = recipes[t["recipe"]] if t["recipe"] is not None else max(
-            scored, key=lambda r: r["final_top1"]["mean"], default=None)
-        label = f"{Path(chosen['config']).name}, {chosen['epochs']} epochs, batch {chosen['batch_size']}" if chosen else DASH
-        rows.append([d["depth"], label, chosen["seeds"] if chosen else 0,
-                     mean_std(chosen and chosen["final_top1"], 2, "%"), time_cell(t),
+        t, recipes = d["time_to_target"], [r for r in d["recipes"] if r["final_top1"].get("mean") is not None]
+        chosen = d["recipes"][t["recipe"]] if t["recipe"] is not None else max(
+            recipes, key=lambda r: r["final_top1"]["mean"], default=None) or {}
+        rows.append([d["depth"], f"{Path(chosen['config']).name}, {chosen['epochs']} epochs, batch {chosen['batch_size']}"
+                     if chosen else DASH, chosen.get("seeds", 0), mean_std(chosen.get("final_top1"), 2, "%"), time_cell(t),
                      time_cell(t, "wall_seconds_without_compile") if t["status"] == "reached" else DASH,
-                     mean_std(chosen and chosen.get("compile_seconds"), 0, " s"),
-                     num(d.get("paper_top1"), 2), time_cell(d.get("time_to_paper"))])
-    lines.append(common.markdown_table(["depth", "recipe", "seeds", "final top-1", f"time to {s['target']:g}%",
-                                        "without compile", "compile", "paper top-1", "time to paper top-1"], rows))
-    return "\n".join(lines)
-
-
-def time_to_accuracy_plot(result: dict, path: Path) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, d in enumerate(result["depths"]):
-        for k, recipe in enumerate(d["recipes"]):
-            for j, run in enumerate(recipe["runs"]):
-                pts = [(c["wall_seconds"], c["top1"]) for c in run["curve"] if c.get("top1") is not None]
-                ax.plot(*zip(*pts), color=f"C{i}", alpha=0.9 if j == 0 else 0.35, marker="o", ms=2.5,
-                        ls=("-", "--", ":", "-.")[k % 4], label=f"ResNet-{d['depth']}, {recipe['epochs']} ep" if j == 0 else None)
-    ax.axhline(result["settings"]["target"], color="black", ls="--", lw=0.8, label="target")
-    ax.set(xlabel="wall time (s)", ylabel="test top-1 (%)", title="Test accuracy versus time")
-    ax.legend(fontsize=8)
-    return save(fig, path)
+                     mean_std(chosen.get("compile_seconds"), 0, " s"), num(d.get("paper_top1"), 2),
+                     time_cell(d.get("time_to_paper"))])
+    return "\n".join([header(result), "", f"Target {s['target']}% test top-1 on {s['data']}, {s['seeds']} seed(s) per "
+                      f"recipe, {s['world_size']} process(es). Time to target: wall time of the fastest recipe whose "
+                      "MEAN FINAL accuracy reaches it (mean ± std over seeds), with and without compile time (measured, "
+                      "cold cache each run).", "", common.markdown_table(
+                          ["depth", "recipe", "seeds", "final top-1", f"time to {s['target']:g}%", "without compile",
+                           "compile", "paper top-1", "time to paper top-1"], rows)])
 
 
 # ---- the paper's table -----------------------------------------------------------------------------
@@ -215,13 +167,12 @@ def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
 
 
 def paper_markdown(results: list[dict]) -> str:
-    by_depth = paper_runs(results)
+    by_depth, rows = paper_runs(results), []
 
     def final(values):
         mean, std = common.mean_std(values)
         return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f} ± {DASH}"
 
-    rows = []
     for depth in sorted({*common.PAPER_TABLE_DEPTHS, *by_depth}):
         runs, goal = by_depth.get(depth, []), GOAL_TOP1.get(depth)
         ref = [num(common.PAPER_TOP1.get(depth), 2), num(AKAMASTER_TOP1.get(depth), 2), num(goal, 1)]
@@ -231,7 +182,7 @@ def paper_markdown(results: list[dict]) -> str:
         top1, best = [r["final_top1"] for r in runs], [r["best_top1_seen"] for r in runs if r.get("best_top1_seen")]
         gap = common.mean_std(top1)[0] - goal if goal is not None else None
         rows.append([depth, f"{len(runs)} ({', '.join(str(r['seed']) for r in runs)})", final(top1),
-                     final([r["final_top5"] for r in runs]), num(statistics.fmean(best), 2) if best else DASH, *ref,
+                     final([r["final_top5"] for r in runs]), num(best and statistics.fmean(best), 2), *ref,
                      DASH if gap is None else f"{gap:+.2f}".replace("-0.00", "+0.00"),
                      ", ".join(dict.fromkeys(r.get("device") or "?" for r in runs)),
                      num(statistics.median(r["train_seconds"] / 60 for r in runs), 1)])
@@ -243,28 +194,24 @@ def paper_markdown(results: list[dict]) -> str:
                  "paper", "akamaster best-of-run", "goal", "mean − goal", "GPU", "median train min/run"], rows))
 
 
-# ---- training curves -------------------------------------------------------------------------------
+# ---- training curves and files ---------------------------------------------------------------------
 def curves_plot(run_dirs: list[Path], path: Path) -> Path:
-    """Train loss and learning rate (logged steps) and test top-1 (evaluated epochs) of each run."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    """Train loss and learning rate (every logged step) and test top-1 (evaluated epochs) of each run."""
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 4))
     for i, run_dir in enumerate(run_dirs):
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        steps = [r for r in records if "event" not in r and "loss" in r]
-        epochs = [r for r in records if "event" not in r and "train_loss" in r]
-        tested = [r for r in epochs if r.get("top1") is not None]
-        for ax, pts in ((axes[0], [(r["epoch"], r["loss"]) for r in steps] or [(r["epoch"], r["train_loss"]) for r in epochs]),
-                        (axes[1], [(r["epoch"], r["lr"]) for r in steps + epochs if "lr" in r]),
-                        (axes[2], [(r["epoch"], r["top1"]) for r in tested])):
+        records = rundir.records(run_dir)
+        steps, evals = [r for r in records if "event" not in r and "loss" in r], rundir.epochs(records)
+        for ax, pts in ((axes[0], [(r["epoch"], r["loss"]) for r in steps] or [(r["epoch"], r["train_loss"]) for r in evals]),
+                        (axes[1], [(r["epoch"], r["lr"]) for r in steps or evals if "lr" in r]),
+                        (axes[2], [(r["epoch"], r["top1"]) for r in evals if r.get("top1") is not None])):
             if pts:
-                ax.plot(*zip(*sorted(pts)), color=f"C{i}", marker="o" if ax is axes[2] else None, ms=3, label=run_dir.name)
+                ax.plot(*zip(*pts), color=f"C{i}", marker="o" if ax is axes[2] else None, ms=3, label=run_dir.name)
     for ax, what in zip(axes, ("train loss", "learning rate", "test top-1 (%)")):
         ax.set(xlabel="epoch", ylabel=what)
     axes[2].legend(fontsize=8)
     return save(fig, path)
 
 
-# ---- files -----------------------------------------------------------------------------------------
 def pyplot():
     import matplotlib
 
@@ -283,13 +230,10 @@ def save(fig, path: Path) -> Path:
 
 
 def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
-    """Results by kind, newest first; other JSON files are skipped, with a note unless reproduce.py's status."""
+    """Results by kind, newest first; other files are skipped, with a note unless reproduce.py's status."""
     found: dict[str, list] = {k: [] for k in MARKERS}
     for path in paths:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            data = {"kind": f"unreadable: {e}"}
+        data = rundir.read_json(path)
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind in found:
             found[kind].append((path, data))
@@ -303,32 +247,25 @@ def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
 def section(kind: str, results: list, plots: dict, link_from: Path) -> str:
     if kind == "paper_run":
         return paper_markdown([data for _path, data in results])
-    parts = []
-    for path, data in results:
-        text = (throughput_markdown if kind == "throughput" else time_to_accuracy_markdown)(data)
-        if path in plots:
-            text += f"\n\n![{kind.replace('_', ' ')}: {path.stem}]({Path(os.path.relpath(plots[path], link_from)).as_posix()})"
-        parts.append(text)
+    parts = [(throughput_markdown if kind == "throughput" else time_to_accuracy_markdown)(data) + (
+        f"\n\n![{kind.replace('_', ' ')}: {path.stem}]({Path(os.path.relpath(plots[path], link_from)).as_posix()})"
+        if path in plots else "") for path, data in results]
     return "\n\n".join(parts) or "Not measured yet."
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastcifar.files import write_text_atomic
-
     p = common.parser("report.py", __doc__)
     p.add_argument("files", nargs="*", type=Path, help="result JSON files (default: --results-dir/*.json)")
     p.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
     p.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR, help="where report.md and the plots go")
     p.add_argument("--readme", type=Path, default=None, help="rewrite this file's GENERATED sections")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--runs", type=Path, nargs="+", default=[], help="run directories to draw (with --curves)")
+    p.add_argument("--runs", type=Path, nargs="+", default=[], help="run directories whose curves --curves draws")
     p.add_argument("--curves", type=Path, default=None, help="PNG of the --runs' training curves")
     args = p.parse_args(argv)
     missing = [f for f in [*args.files, *(r / "metrics.jsonl" for r in args.runs), args.readme] if f and not f.is_file()]
-    if missing:
-        p.error(f"{missing[0]}: no such file")
-    if bool(args.runs) != bool(args.curves):
-        p.error("--runs and --curves go together")
+    if missing or bool(args.runs) != bool(args.curves):
+        p.error(f"{missing[0]}: no such file" if missing else "--runs and --curves go together")
     if args.curves:
         print(f"report.py: training curves -> {curves_plot(args.runs, args.curves)}")
         if not args.files and args.readme is None:
@@ -336,24 +273,23 @@ def main(argv: list[str] | None = None) -> int:
     found = load_results(args.files or sorted(args.results_dir.glob("*.json")))
     try:
         plots = {} if args.no_plots else {
-            path: (throughput_plot if kind == "throughput" else time_to_accuracy_plot)(data, args.out_dir / f"{path.stem}.png")
-            for kind in ("throughput", "time_to_accuracy") for path, data in found[kind]}
+            path: throughput_plot(data, args.out_dir / f"{path.stem}.png") for path, data in found["throughput"]}
     except ImportError as e:  # matplotlib is optional: the tables are still written
         print(f"report.py: no plots ({e})", file=sys.stderr)
         plots = {}
+    text = args.readme.read_text() if args.readme else ""
+    for kind, marker in MARKERS.items() if args.readme else ():
+        begin, end = f"<!-- BEGIN GENERATED: {marker} -->", f"<!-- END GENERATED: {marker} -->"
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if not pattern.search(text):
+            p.error(f"{args.readme} has no '{begin}' ... '{end}' markers")
+        body = section(kind, found[kind], plots, args.readme.resolve().parent)
+        text = pattern.sub(lambda _m: f"{begin}\n{body}\n{end}", text, count=1)
     titles = {"throughput": "Throughput", "time_to_accuracy": "Time to accuracy", "paper_run": "Reproducing the paper's table"}
-    body = "\n".join(f"\n## {titles[k]}\n\n{section(k, found[k], plots, args.out_dir.resolve())}" for k in MARKERS)
-    write_text_atomic(args.out_dir / "report.md", "# Benchmark results\n\nGenerated by `python benchmarks/report.py` "
-                      f"from the JSON files beside this one.\n{body}\n")
-    if args.readme is not None:
-        text = args.readme.read_text()
-        for kind, marker in MARKERS.items():
-            begin, end = f"<!-- BEGIN GENERATED: {marker} -->", f"<!-- END GENERATED: {marker} -->"
-            pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-            if not pattern.search(text):
-                p.error(f"{args.readme} has no '{begin}' ... '{end}' markers")
-            body = section(kind, found[kind], plots, args.readme.resolve().parent)
-            text = pattern.sub(lambda _m: f"{begin}\n{body}\n{end}", text, count=1)
+    write_text_atomic(args.out_dir / "report.md", "# Benchmark results\n\nGenerated by `python benchmarks/report.py` from "
+                      "the JSON files beside this one.\n" + "".join(
+                          f"\n## {titles[k]}\n\n{section(k, found[k], plots, args.out_dir.resolve())}\n" for k in MARKERS))
+    if args.readme:
         write_text_atomic(args.readme, text)
     print(f"report.py: {', '.join(f'{len(v)} {k}' for k, v in found.items())} -> {args.out_dir / 'report.md'}"
           + (f", {args.readme}" if args.readme else ""))

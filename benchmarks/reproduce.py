@@ -1,20 +1,16 @@
 #!/usr/bin/env python
-"""He et al. 2016's CIFAR-10 table, honestly: several seeds per depth, each trained to its last epoch
-with the seed recipe (configs/resnet<depth>.yml), and the FINAL epoch's test accuracy reported. The
-best accuracy seen along the way is recorded, labelled as not used for selection.
+"""He et al. 2016's CIFAR-10 table, honestly: several seeds per depth, each trained to its last epoch with
+the seed recipe (configs/resnet<depth>.yml), and its FINAL epoch's test accuracy reported (the best seen
+is recorded, labelled as not used for selection). Each (depth, seed) is one `python run.py` process in
+<runs-dir>/resnet<depth>-seed<seed>, up to --parallel at once. At --deadline every run gets SIGTERM,
+saves a checkpoint after its epoch and stops (SIGKILL --grace s later); the same command again resumes
+the runs, collects finished ones and starts nothing that is done. SIGTERM or Ctrl-C to this script acts
+as the deadline; a second Ctrl-C kills the runs. --section.key=value goes to every run.
 
-Each (depth, seed) is one `python run.py` process in <runs-dir>/resnet<depth>-seed<seed>, up to
---parallel at once, in the order of --depths, then --seeds. Where a command may only run for a while,
---deadline bridges long runs: at the deadline every run gets SIGTERM, saves a checkpoint after its
-epoch and stops (--grace seconds later, SIGKILL); the same command again resumes each run, collects
-finished ones and starts nothing that is done. SIGTERM or Ctrl-C to this script acts as the deadline;
-a second Ctrl-C kills the runs.
+    python benchmarks/reproduce.py --depths 20 32 44 56 110 --seeds 0 1 2 --parallel 4 --deadline 480
 
-    python benchmarks/reproduce.py --depths 20 32 44 56 110 --seeds 0 1 2 --parallel 4 \\
-        --deadline 480 --data-root data --runs-dir runs/paper --out benchmarks/results
-
-Writes one <date>_<gpu>_paper_resnet<depth>_seed<seed>.json per finished run (kind paper_run), its
-final weights as <runs-dir>/resnet<depth>-seed<seed>.pt (for export_weights.py), and
+Writes <out>/<date>_<gpu>_paper_resnet<depth>_seed<seed>.json per finished run (kind paper_run), its
+final weights as <runs-dir>/resnet<depth>-seed<seed>.pt (for export_weights.py) and
 <out>/reproduce_status.json. Exit status: 0 when no run failed, 1 when one did, 2 on bad input.
 """
 
@@ -26,6 +22,7 @@ _STARTED = time.monotonic()  # the deadline counts from here: start-up is part o
 
 import dataclasses  # noqa: E402
 import datetime as dt  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
@@ -38,10 +35,15 @@ import yaml  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from fastcifar import config as config_lib  # noqa: E402
-from fastcifar.errors import FastcifarError  # noqa: E402
+from fastcifar import rundir  # noqa: E402
+from fastcifar.environment import environment  # noqa: E402
+from fastcifar.errors import ConfigError, FastcifarError  # noqa: E402
+from fastcifar.training import checkpoint as ckpt  # noqa: E402
+from fastcifar.training.checkpoint import checkpoints  # noqa: E402
 from fastcifar.training.stopping import STOPPED_EXIT, GracefulStop  # noqa: E402
 
 SCHEMA_VERSION = 1
+log = functools.partial(print, "reproduce.py:", file=sys.stderr, flush=True)
 LAUNCH = "==> reproduce.py "  # starts the line written to log.txt before each segment
 SELECTION = ("none: final_top1/final_top5 are the last epoch's test accuracy; best_top1_seen is the highest "
              "test top-1 of any evaluated epoch, NOT used for selection, only to compare with best-of-run figures")
@@ -55,13 +57,9 @@ class Run:
     epochs: int
     command: list[str]  # the fresh start; a resume adds --resume
     state: str = "pending"  # finished | stopped | failed | pending
-    started: bool = False  # in this call
-    signalled: bool = False
-    returncode: int | None = None
-    error: str | None = None
-    error_tail: list[str] = dataclasses.field(default_factory=list)
-    result: Path | None = None
-    proc: subprocess.Popen | None = None
+    started = signalled = False  # started in this call; signalled by this script
+    returncode = error = result = proc = None
+    error_tail: tuple = ()
     log_offset: int = 0
 
     @property
@@ -92,8 +90,6 @@ def parse_args(argv):
 
 def plan(args, depth: int, seed: int) -> Run:
     """A run's config, built and checked before the first run starts (hours may follow)."""
-    from fastcifar.errors import ConfigError
-
     config = args.config_dir / f"resnet{depth}.yml"
     if not config.is_file():
         raise ConfigError(f"--config-dir {args.config_dir}: no resnet{depth}.yml for depth {depth}")
@@ -118,54 +114,24 @@ def plan(args, depth: int, seed: int) -> Run:
     return Run(depth, seed, run_dir, cfg.train.epochs, [sys.executable, run_py, str(config), *overrides])
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def is_finished(run_dir: Path) -> bool:
-    return bool((read_json(run_dir / "summary.json") or {}).get("finished"))
-
-
 def checkpoint_epoch(run_dir: Path) -> int | None:
-    from fastcifar.training.checkpoint import checkpoints
-
     found = checkpoints(run_dir)
     return found[-1][0] if found else None
-
-
-def curve(run_dir: Path) -> tuple[list[dict], int]:
-    """Evaluated epochs in order (an epoch trained twice around a resume counts once, its last
-    record) and the number of segments the run took."""
-    by_epoch, segments = {}, 1
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: the epoch is redone after the resume
-            continue
-        segments += r.get("event") == "resume"
-        if "event" not in r and "train_loss" in r and r.get("top1") is not None:
-            by_epoch[r["epoch"]] = {"epoch": r["epoch"], "top1": r["top1"], "top5": r.get("top5"),
-                                    "train_loss": r["train_loss"]}
-    return [by_epoch[e] for e in sorted(by_epoch)], segments
 
 
 def display(command: list[str]) -> str:
     return shlex.join([Path(command[0]).name, *command[1:]])
 
 
-def collect(run: Run, out: Path, environment: dict) -> None:
+def collect(run: Run, out: Path, env: dict) -> None:
     """The finished run's result file and weights: written when this call ran the run or the file is
     missing; an earlier call's file stays as it was."""
-    from fastcifar.training import checkpoint as ckpt
-
     try:
         summary_path = run.run_dir / "summary.json"
         summary = json.loads(summary_path.read_text())
-        points, segments = curve(run.run_dir)
+        records = rundir.records(run.run_dir)
+        points = [{k: r.get(k) for k in ("epoch", "top1", "top5", "train_loss")} for r in rundir.epochs(records)
+                  if r.get("top1") is not None]
         best = max(points, key=lambda p: p["top1"], default=None)
         log_text = (run.run_dir / "log.txt").read_text(errors="replace") if (run.run_dir / "log.txt").is_file() else ""
         finished = dt.datetime.fromtimestamp(summary_path.stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
@@ -181,12 +147,13 @@ def collect(run: Run, out: Path, environment: dict) -> None:
             "seed": run.seed, "dataset": summary["dataset"], "final_top1": summary["final_top1"],
             "final_top5": summary["final_top5"], "selection": SELECTION,
             "best_top1_seen": best and best["top1"], "best_top1_seen_epoch": best and best["epoch"], "curve": points,
-            "epochs": summary["epochs"], "train_seconds": summary["train_seconds"], "segments": segments,
+            "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
+            "segments": 1 + sum(r.get("event") == "resume" for r in records),
             "finished_at": finished, "run_dir": str(run.run_dir), "command": display(run.command),
             "commands": [line.split(": ", 1)[1] for line in log_text.splitlines() if line.startswith(LAUNCH)],
             "config": yaml.safe_load((run.run_dir / "config.yaml").read_text()),
             **{k: summary.get(k) for k in ("loader", "world_size", "device", "amp", "compile", "channels_last", "torch")},
-            "weights": str(weights) if weights.is_file() else None, "environment": environment})
+            "weights": str(weights) if weights.is_file() else None, "environment": env})
     except (FastcifarError, OSError, ValueError, KeyError) as e:  # e.g. a damaged final checkpoint
         run.state, run.result = "failed", None
         run.error = f"collecting {run.name} from {run.run_dir}: {type(e).__name__}: {e}"
@@ -195,10 +162,6 @@ def collect(run: Run, out: Path, environment: dict) -> None:
 
 def weights_path(run: Run) -> Path:
     return run.run_dir.parent / f"{run.run_dir.name}.pt"
-
-
-def log(message: str) -> None:
-    print(f"reproduce.py: {message}", file=sys.stderr, flush=True)
 
 
 def launch(run: Run) -> None:
@@ -220,7 +183,7 @@ def launch(run: Run) -> None:
 
 def settle(run: Run, returncode: int) -> None:
     run.returncode, run.proc = returncode, None
-    if returncode == 0 and is_finished(run.run_dir):
+    if returncode == 0 and rundir.is_finished(run.run_dir):
         run.state = "finished"
     elif returncode == STOPPED_EXIT or (run.signalled and returncode < 0):
         run.state = "stopped"  # resumable from whatever checkpoint it has
@@ -276,14 +239,14 @@ def drive(args) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for r in args.runs:
-        r.state = "finished" if is_finished(r.run_dir) else r.state
+        r.state = "finished" if rundir.is_finished(r.run_dir) else r.state
     reason = drive(args)
-    environment = common.environment()
+    env = environment()
     runs = []
     for r in args.runs:
         if r.state == "finished":
-            collect(r, args.out, environment)
-        done = (read_json(r.run_dir / "summary.json") or {}).get("epochs") if r.state == "finished" else None
+            collect(r, args.out, env)
+        done = (rundir.read_json(r.run_dir / "summary.json") or {}).get("epochs") if r.state == "finished" else None
         runs.append({"depth": r.depth, "seed": r.seed, "run_dir": str(r.run_dir), "state": r.state,
                      "started": r.started, "epochs_done": done or checkpoint_epoch(r.run_dir) or 0, "epochs": r.epochs,
                      "result": str(r.result) if r.result else None,
@@ -293,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: getattr(args, k) for k in ("depths", "seeds", "parallel", "deadline", "min_start", "grace",
                                               "data_root", "overrides")}
     common.write_json(args.out / "reproduce_status.json", {
-        "kind": "paper_status", "schema_version": SCHEMA_VERSION, "environment": environment,
+        "kind": "paper_status", "schema_version": SCHEMA_VERSION, "environment": env,
         "settings": {**settings, "config_dir": str(args.config_dir), "runs_dir": str(args.runs_dir)},
         "elapsed_seconds": round(time.monotonic() - _STARTED, 1), "stopped_by": reason, "counts": counts, "runs": runs})
     notes = {"finished": lambda r: Path(r["result"]).name, "failed": lambda r: r["error"]}

@@ -1,32 +1,31 @@
 #!/usr/bin/env python
-"""Wall time for each CIFAR ResNet depth to reach a test accuracy (default 92% top-1).
+"""Wall time for each CIFAR ResNet depth to reach a test accuracy (default 92% top-1): the mean over
+--seeds of the fastest recipe (configs/fast/resnet<depth>.yml, lengths --epochs) whose MEAN FINAL accuracy
+reaches it; no run stops where the test set first says "reached". Only the final epoch is evaluated;
+--curves evaluates every epoch (curves, and the test-selected first crossing). Every run compiles cold,
+in a fresh inductor cache; torch's measured compile time is reported apart. --section.key=value
+overrides that key of every recipe.
 
-For each depth, a fixed fast recipe (configs/fast/resnet<depth>.yml, or --config) is trained to its end
---seeds times. The time to the target is the mean wall time of the fastest recipe (of the lengths in
---epochs) whose MEAN FINAL accuracy over the seeds reaches it; no run is stopped where the test set
-first says "reached", since that selects on the test set. Only the final epoch is evaluated, as only
-it counts; --curves evaluates every epoch, for accuracy-versus-time curves and the first crossing
-(labelled as test-selected). Every run compiles cold, in a fresh inductor cache, as a user's first run
-does; its compile time is torch's own measurement and is reported apart as well as inside wall time.
-
-    python benchmarks/time_to_accuracy.py --depths 20 56 --seeds 3
-    python benchmarks/time_to_accuracy.py --depths 56 --epochs 30 40 50 --train.batch_size=1024 --optim.lr=0.8
-    torchrun --nproc_per_node=8 -m benchmarks.time_to_accuracy --depths 110 1202
-
-Under torchrun every rank runs this script; only rank 0 writes the JSON.
+    python benchmarks/time_to_accuracy.py --depths 56 --epochs 30 40 --train.batch_size=1024 --optim.lr=0.8
+    torchrun --nproc_per_node=8 -m benchmarks.time_to_accuracy --depths 110 1202    # rank 0 writes
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import common, report
 from fastcifar import config as config_lib
 from fastcifar import distributed as dist_lib
+from fastcifar.environment import environment
 from fastcifar.errors import FastcifarError, stderr_line
+from fastcifar.models import PAPER_DEPTHS
+from fastcifar.synthetic import write_npz
+from fastcifar.training import Trainer
 from fastcifar.training.stopping import STOPPED_EXIT
 
 SCHEMA_VERSION = 2
@@ -41,8 +40,6 @@ SELECTION = ("time_to_target: the fastest recipe whose mean final test top-1 ove
 
 
 def parse_args(argv):
-    from fastcifar.models import PAPER_DEPTHS
-
     p = common.parser("time_to_accuracy.py", __doc__)
     p.add_argument("--depths", type=common.depth, nargs="+", default=list(PAPER_DEPTHS), help="depths (6n+2)")
     p.add_argument("--seeds", type=common.positive_int, default=3, help="runs per recipe (seeds 0..N-1)")
@@ -54,10 +51,8 @@ def parse_args(argv):
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--data", choices=("cifar10", "synthetic"), default="cifar10",
                    help="CIFAR-10, or a learnable synthetic set (smoke tests)")
-    p.add_argument("--data-root", default=None, help="default: the recipe's data.root")
     p.add_argument("--synthetic-size", type=common.positive_int, default=50_000)
     p.add_argument("--synthetic-test-size", type=common.positive_int, default=10_000)
-    p.add_argument("--loader", default=None, help="loader backend (default: the recipe's)")
     p.add_argument("--run-root", type=Path, default=None, help="default: runs/time_to_accuracy/<UTC time>")
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/time_to_accuracy-<device>.json")
     args = common.parse_with_overrides(p, argv)
@@ -72,13 +67,6 @@ def recipe(args, depth: int) -> Path:
     return args.config if args.config is not None else RECIPES / f"resnet{depth}.yml"
 
 
-def display_path(path: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(common.REPO).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def plan(args, run_root: Path, data_root, world_size: int) -> list[dict]:
     """Every run's config, built and validated before the first one starts (hours may follow)."""
     runs = []
@@ -88,8 +76,7 @@ def plan(args, run_root: Path, data_root, world_size: int) -> list[dict]:
                 forced = {"model__name": f"resnet{depth}", "train__seed": seed, "train__resume": False,
                           "train__run_dir": run_root / f"resnet{depth}" / f"e{epochs or 'recipe'}" / f"seed{seed}"}
                 optional = {"train__epochs": epochs, "train__device": None if args.device == "auto" else args.device,
-                            "loader__name": args.loader, "data__root": data_root,
-                            "data__download": False if args.data == "synthetic" else None}
+                            "data__root": data_root, "data__download": False if data_root else None}
                 forced.update({k: v for k, v in optional.items() if v is not None})
                 values = [*common.overrides(train__progress=False), *args.overrides, *common.overrides(**forced)]
                 cfg = config_lib.load(recipe(args, depth), values, world_size)
@@ -105,15 +92,13 @@ class Stopped(Exception):
 
 
 def compile_total() -> float:
-    from torch._dynamo.utils import compilation_time_metrics as metrics
+    from torch._dynamo.utils import compilation_time_metrics as metrics  # frame compiles, lazy backward compiles
 
     return sum(sum(metrics.get(k, [])) for k in ("_compile.compile_inner", "backward._backward_impl"))
 
 
-def train_one(args, cfg, dist, paper: float | None) -> dict:
+def train_one(args, cfg, dist) -> dict:
     from torch._inductor.utils import fresh_inductor_cache
-
-    from fastcifar.training import Trainer
 
     common.release(dist.device)  # each run compiles afresh, as a user's single run would
     with fresh_inductor_cache():
@@ -126,8 +111,7 @@ def train_one(args, cfg, dist, paper: float | None) -> dict:
     if summary["stop_requested"]:  # a shortened run must not count as a recipe's result
         raise Stopped(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} after epoch "
                       f"{summary['epochs']}/{cfg.train.epochs}; depths finished before it are in the result file")
-    return run_record(cfg, summary, records, setup_seconds, compile_s, args.target if args.curves else None,
-                      paper if args.curves else None)
+    return run_record(cfg, summary, records, setup_seconds, compile_s, args.target if args.curves else None)
 
 
 def first_crossing(curve: list[dict], target: float | None) -> dict | None:
@@ -136,7 +120,7 @@ def first_crossing(curve: list[dict], target: float | None) -> dict | None:
 
 
 def run_record(cfg, summary: dict, records: list[dict], setup_seconds: float, compile_s: float | None,
-               target: float | None, paper: float | None) -> dict:
+               target: float | None) -> dict:
     curve = [{"epoch": r["epoch"], "wall_seconds": r["wall_seconds"], "train_seconds": r["train_seconds"],
               "top1": r.get("top1"), "train_loss": r["train_loss"]} for r in records]
     wall = records[-1]["wall_seconds"]
@@ -146,20 +130,19 @@ def run_record(cfg, summary: dict, records: list[dict], setup_seconds: float, co
         "train_seconds": summary["train_seconds"], "first_step_seconds": summary["first_step_seconds"],
         "compile_seconds": compile_s, "wall_seconds_without_compile": wall - (compile_s or 0.0),
         "final_top1": summary["final_top1"], "evaluated_epochs": sum(p["top1"] is not None for p in curve),
-        "first_crossing": first_crossing(curve, target), "first_crossing_paper": first_crossing(curve, paper),
+        "first_crossing": first_crossing(curve, target),
         **{k: summary[k] for k in ("device", "world_size", "amp", "compile", "channels_last")}, "curve": curve,
     }
 
 
 def stat(values: list[float]) -> dict:
-    mean, std = common.mean_std(values) if values else (None, None)
-    return {"mean": mean, "std": std, "values": list(values)}
+    return dict(zip(("mean", "std", "values"), (*(common.mean_std(values) if values else (None, None)), values)))
 
 
 def recipe_record(config: Path, cfg, runs: list[dict]) -> dict:
     crossings = [r["first_crossing"] for r in runs if r["first_crossing"]]
     return {
-        "config": display_path(config), "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
+        "config": Path(os.path.relpath(Path(config).resolve(), common.REPO)).as_posix(), "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
         "lr": cfg.optim.lr, "schedule": cfg.schedule.name, "loader": cfg.loader.name, "seeds": len(runs),
         "runs": runs, **{k: stat([r[k] for r in runs if r[k] is not None]) for k in
                          ("final_top1", "wall_seconds", "wall_seconds_without_compile", "compile_seconds")},
@@ -209,11 +192,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, dist) -> int:
-    from fastcifar.synthetic import write_npz
-
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_root = dist_lib.broadcast_object(args.run_root or Path("runs") / "time_to_accuracy" / stamp)  # rank 0's clock
-    data_root = args.data_root
+    data_root = None
     if args.data == "synthetic":
         data_root = str(run_root / "synthetic-data")
         if dist.is_main:
@@ -223,15 +204,13 @@ def run(args, dist) -> int:
     world = f"-x{dist.world_size}" if dist.world_size > 1 else ""
     out_path = args.out or common.RESULTS_DIR / f"time_to_accuracy-{common.slug(common.device_name(dist.device))}{world}.json"
     result = {
-        "kind": "time_to_accuracy", "schema_version": SCHEMA_VERSION, "complete": False,
-        "environment": common.environment(),
+        "kind": "time_to_accuracy", "schema_version": SCHEMA_VERSION, "complete": False, "environment": environment(),
         "settings": {"target": args.target, "seeds": args.seeds, "depths": args.depths, "epochs": args.epochs,
-                     "curves": args.curves, "config": display_path(args.config) if args.config else None,
+                     "curves": args.curves, "config": str(args.config) if args.config else None,
                      "device": dist.device.type, "device_name": common.device_name(dist.device),
-                     "world_size": dist.world_size, "data": args.data, "loader": args.loader,
+                     "world_size": dist.world_size, "data": args.data,
                      "overrides": args.overrides, "run_root": str(run_root)},
-        "compile": COMPILE, "selection": SELECTION, "depths": [],
-    }
+        "compile": COMPILE, "selection": SELECTION, "depths": []}
     for depth in args.depths:
         recipes = []
         for epochs in dict.fromkeys(r["epochs"] for r in runs if r["depth"] == depth):
@@ -240,18 +219,16 @@ def run(args, dist) -> int:
             for cfg in group:
                 if dist.is_main:
                     print(f"== resnet{depth}, {epochs} epochs, seed {cfg.train.seed} -> {cfg.train.run_dir}", flush=True)
-                records.append(train_one(args, cfg, dist, common.PAPER_TOP1.get(depth)))
+                records.append(train_one(args, cfg, dist))
             recipes.append(recipe_record(recipe(args, depth), group[0], records))
             # after every recipe: a long run that dies keeps what finished
-            result["depths"] = [d for d in result["depths"] if d["depth"] != depth]
-            result["depths"].append(depth_record(depth, recipes, args.target))
+            result["depths"] = [*(d for d in result["depths"] if d["depth"] != depth),
+                                depth_record(depth, recipes, args.target)]
             if dist.is_main:
                 common.write_json(out_path, result)
     result["complete"] = True
     if dist.is_main:
         common.write_json(out_path, result)
-        from benchmarks import report
-
         print(report.time_to_accuracy_markdown(result))
         print(f"wrote {out_path}", file=sys.stderr)
     return 0
