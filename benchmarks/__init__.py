@@ -1,3 +1,1 @@
-"""The benchmark scripts (throughput, time to accuracy, the paper reproduction, weight export, the
-report) and their few shared helpers (common.py). Installed with the project, so the scripts and the
-tests import them without path edits."""
+"""The benchmark scripts and their shared helpers (common.py); installed with the project, so scripts and tests import them."""

@@ -30,13 +30,10 @@ from fastcifar.training.stopping import STOPPED_EXIT
 
 SCHEMA_VERSION = 2
 RECIPES = common.REPO / "configs" / "fast"
-COMPILE = ("compile_seconds: torch's own timers (torch._dynamo.utils.compilation_time_metrics: every frame "
-           "compile and lazy backward compile, train and eval graphs) in a fresh inductor cache per run, so "
-           "every seed compiles cold; null when compile is off. It is inside wall_seconds; "
-           "wall_seconds_without_compile subtracts it. Trainer construction is setup_seconds, outside both.")
-SELECTION = ("time_to_target: the fastest recipe whose mean final test top-1 over the seeds is >= target; "
-             "first_crossing (with --curves): the first epoch with test top-1 >= target, which selects on "
-             "the test set (reference only)")
+COMPILE = ("compile_seconds: torch._dynamo.utils.compilation_time_metrics (frame and lazy backward compiles), a fresh "
+           "inductor cache per run (every seed cold); null when compile is off; inside wall_seconds, not setup_seconds")
+SELECTION = ("time_to_target: the fastest recipe whose mean final test top-1 over the seeds is >= target; first_crossing "
+             "(--curves): the first epoch at >= target, which selects on the test set (reference only)")
 
 
 def parse_args(argv):
