@@ -1,151 +1,94 @@
 #!/usr/bin/env python
-"""Images per second of each CIFAR ResNet depth with each loader backend.
+"""Images per second of each CIFAR ResNet depth, batch size and loader: the model alone (train steps on
+one batch on the device), the loader alone and end to end (a ratio to the model alone above 1.1 cannot
+be right and is flagged), and a seed-style baseline (fp32, NCHW, eager, torchvision, batch 128). The
+first step is timed apart; with compile on, its excess over a typical step is the compile time, cold
+(empty inductor cache) and warm (built again), never inside images/s. --section.key=value sets that
+config key for every figure but the baseline's (e.g. --train.cuda_graph=true, --loader.workers=16).
 
-Three figures per (depth, loader), each the median (and min, max) over --repeats timings of
---steps batches after warm-up:
-  loader alone  the train loader with every augmentation, each batch reduced on the device;
-  model alone   train steps (forward, backward, SGD update) on one fixed batch already on the device;
-                it depends only on the depth, so it is measured once per depth;
-  end to end    train steps fed by the loader;
-plus end to end / model alone (1.0 = the loader costs nothing). A "seed-style" baseline is measured
-in the same run: fp32, contiguous NCHW, eager, the torchvision loader with 4 workers, batch 128 (the
-seed recipe in configs/resnet*.yml), as the usual public CIFAR trainers run.
-
-Compilation and autotuning land in the first step, which is timed apart and reported as
-first_step_seconds / compile_seconds_estimate, never inside images/s.
-
-    python benchmarks/throughput.py                                   # all depths and loaders, on CUDA
-    python benchmarks/throughput.py --depths 20 56 --loaders torchvision torch-gpu --steps 100
-    python benchmarks/throughput.py --device cpu --depths 20 --loaders torchvision --no-compile --amp none
+    python benchmarks/throughput.py --depths 20 56 --batch-sizes 128 1024 --loaders torch-gpu
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import os
-import typing
+import contextlib
+import functools
+import itertools
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
+import torch
 
-import torch  # noqa: E402
+import pipelines
+from benchmarks import common
+from fastcifar import config as config_lib
+from fastcifar import flops
+from fastcifar.config import LoaderName, choices
+from fastcifar.distributed import resolve_device
+from fastcifar.environment import environment
+from fastcifar.errors import FastcifarError
+from fastcifar.models import PAPER_DEPTHS, build_model
+from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
 
-from benchmarks import common  # noqa: E402
-from fastcifar.errors import FastcifarError  # noqa: E402
-
-SCHEMA_VERSION = 1
-DEFAULT_BATCH = 512  # the global batch of the fast recipes in configs/fast/
-SEED_STYLE_BATCH = 128  # the seed recipe's batch (configs/resnet*.yml)
-SEED_STYLE_WORKERS = 4  # torchvision DataLoader workers in the usual public trainers
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-    """How the model runs and how the torchvision loader is fed, for one side of the comparison."""
-
-    name: str
-    batch_size: int
-    amp: str  # bf16 | fp16 | none
-    compile: bool
-    channels_last: bool
-    workers: int
-
-    def describe(self) -> dict:
-        return dataclasses.asdict(self)
+SCHEMA_VERSION = 2
+SUSPECT_RATIO = 1.1  # end to end can at best equal the model alone; beyond noise, a figure is wrong
+SEED_STYLE = {"amp": "none", "compile": False, "channels_last": False, "cuda_graph": False}
+# Peak memory bandwidth (bytes/s) by part of the device name, most specific first (vendor data sheets).
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
+                  "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "A100": 1.555e12}
+log = functools.partial(print, file=sys.stderr, flush=True)
+TIMING = ("first step timed apart, then `warmup` untimed steps (loader-fed: at least an epoch), then `repeats` "
+          "timings of `steps` steps between two torch.cuda.synchronize() calls (time.perf_counter); images_per_s: "
+          "median, min, max over the repeats. compile_seconds = first step - median step, cold (fresh "
+          "TORCHINDUCTOR_CACHE_DIR) and warm (dynamo reset, same cache); null when compile is off.")
 
 
-def loader_choices() -> list[str]:
-    import pipelines
-
-    return list(dict.fromkeys([*common.KNOWN_LOADERS, *pipelines.LOADERS]))
+def peak_bandwidth(name: str) -> float | None:
+    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key.lower() in name.lower()), None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from fastcifar.config import TrainConfig, choices
-    from fastcifar.models import PAPER_DEPTHS
-
-    p = argparse.ArgumentParser(
-        prog="throughput.py", description=__doc__,
-        formatter_class=common.HelpFormatter)
-    p.add_argument("--depths", type=common.depth, nargs="+", default=list(PAPER_DEPTHS),
-                   help="ResNet depths (6n+2)")
-    p.add_argument("--loaders", nargs="+", default=list(common.KNOWN_LOADERS), choices=loader_choices(),
-                   help="loader backends; one that is not registered or cannot be built is "
-                        "reported as an error entry")
-    p.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH,
-                   help="batch per step (the fast recipes' global batch)")
+def parse_args(argv):
+    p = common.parser("throughput.py", __doc__)
+    p.add_argument("--depths", type=common.depth, nargs="+", default=list(PAPER_DEPTHS), help="depths (6n+2)")
+    p.add_argument("--loaders", nargs="+", default=list(choices(LoaderName)), choices=choices(LoaderName))
+    p.add_argument("--batch-sizes", type=common.positive_int, nargs="+", default=[512])
     p.add_argument("--steps", type=common.positive_int, default=50, help="timed steps per repeat")
-    p.add_argument("--warmup", type=common.non_negative_int, default=10,
-                   help="untimed steps after the first (compile) step")
+    p.add_argument("--warmup", type=common.non_negative_int, default=10, help="untimed steps after the first")
     p.add_argument("--repeats", type=common.positive_int, default=5, help="timings per figure")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (default: on CUDA only)")
-    p.add_argument("--compile-mode", default="default", choices=choices(typing.get_type_hints(TrainConfig)["compile_mode"]))
-    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default=None,
-                   help="autocast dtype (default: bf16 on CUDA, none on CPU)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--workers", type=common.non_negative_int, default=min(8, os.cpu_count() or 1),
-                   help="torchvision loader workers (fast setting)")
-    p.add_argument("--dali-prefetch", type=common.non_negative_int, default=0,
-                   help="dali loader: runs queued besides the next one (loader.dali_prefetch)")
-    p.add_argument("--dali-batches-per-run", type=common.positive_int, default=8,
-                   help="dali loader: batches per pipeline run, one DALI sample each (loader.dali_batches_per_run)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
-                   help="default: cuda when available, else cpu")
-    p.add_argument("--data", choices=("synthetic", "cifar10"), default="synthetic",
-                   help="random uint8 images in memory, or the CIFAR-10 train split")
-    p.add_argument("--data-root", default="data", help="where CIFAR-10 is (or is downloaded to)")
-    p.add_argument("--synthetic-size", type=common.positive_int, default=50_000,
-                   help="number of synthetic training images")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--data", choices=("synthetic", "cifar10"), default="synthetic")
+    p.add_argument("--synthetic-size", type=common.positive_int, default=50_000, help="synthetic train images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
-    p.add_argument("--baseline-batch-size", type=common.positive_int, default=SEED_STYLE_BATCH)
-    p.add_argument("--baseline-workers", type=common.non_negative_int, default=SEED_STYLE_WORKERS)
-    p.add_argument("--out", type=Path, default=None,
-                   help="JSON file (default: benchmarks/results/throughput-<device>.json)")
-    return p
-
-
-def parse_args(argv: list[str] | None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.device = common.resolve_device(args.device, parser)
-    cuda = args.device.type == "cuda"
-    args.amp = args.amp or ("bf16" if cuda else "none")
-    args.compile = cuda if args.compile is None else args.compile
-    if args.amp == "fp16" and not cuda:
-        parser.error("--amp fp16: needs CUDA; use --amp none (or bf16) on the CPU")
-    if args.data == "synthetic":
-        for flag, batch in (("--batch-size", args.batch_size),
-                            ("--baseline-batch-size", args.baseline_batch_size)):
-            if batch > args.synthetic_size:
-                parser.error(f"{flag} {batch} is larger than --synthetic-size {args.synthetic_size}")
-    if args.out is None:
-        args.out = common.RESULTS_DIR / f"throughput-{common.slug(common.device_name(args.device))}.json"
+    p.add_argument("--baseline-batch-size", type=common.positive_int, default=128)
+    p.add_argument("--baseline-workers", type=common.non_negative_int, default=4)
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/throughput-<device>.json")
+    args = common.parse_with_overrides(p, argv)
+    try:
+        args.device = resolve_device(args.device)
+        for batch in args.batch_sizes:  # a bad override fails now, not after an hour
+            args.fast = make_config(args, args.depths[0], args.loaders[0], batch)
+            args.runtime = resolve_runtime(args.fast.train, args.device)
+    except FastcifarError as e:
+        p.error(str(e))
+    too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
+    if args.data == "synthetic" and too_big:
+        p.error(f"batch {too_big[0]} is larger than --synthetic-size {args.synthetic_size}")
+    args.out = args.out or common.RESULTS_DIR / f"throughput-{common.slug(common.device_name(args.device))}.json"
+    args.baseline = {**SEED_STYLE, "batch_size": args.baseline_batch_size, "workers": args.baseline_workers}
     return args
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def make_config(args, depth: int, loader: str, batch: int, seed_style: bool = False):
+    forced = {"model__name": f"resnet{depth}", "loader__name": loader, "train__batch_size": batch,
+              "train__device": args.device.type, "train__seed": args.seed}
+    if seed_style:
+        forced.update({f"train__{k}": v for k, v in SEED_STYLE.items()}, loader__workers=args.baseline_workers)
+    return config_lib.load(common.BASE_CONFIG, [*([] if seed_style else args.overrides), *common.overrides(**forced)])
 
 
-# ---- building --------------------------------------------------------------------------------------
-def make_config(args, depth: int, loader: str, s: Setting):
-    return common.load_config(common.BASE_CONFIG, common.overrides(
-        model__name=f"resnet{depth}", loader__name=loader, loader__workers=s.workers,
-        loader__dali_prefetch=args.dali_prefetch, loader__dali_batches_per_run=args.dali_batches_per_run,
-        train__batch_size=s.batch_size, train__device=args.device.type, train__amp=s.amp,
-        train__compile=s.compile, train__compile_mode=args.compile_mode,
-        train__channels_last=s.channels_last, train__seed=args.seed))
-
-
-def build_train_step(cfg, device: torch.device):
+def build_step(cfg, device: torch.device) -> TrainStep:
     """The trainer's own step (fastcifar.training.engine), so the figures are the trainer's."""
-    from fastcifar.models import build_model
-    from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
-
     runtime = resolve_runtime(cfg.train, device)
     model = build_model(cfg.model.name, 10, cfg.model.shortcut)
     _, train_model = prepare_model(model, runtime, distributed=False)
@@ -153,259 +96,166 @@ def build_train_step(cfg, device: torch.device):
     return TrainStep(train_model, build_optimizer(model, cfg.optim), runtime, cfg.optim.label_smoothing)
 
 
-def build_train_loader(cfg, data, device: torch.device):
-    import pipelines
-
-    loader = pipelines.build_loader(cfg, "train", data, device, 0, 1)
-    if len(loader) == 0:
-        raise RuntimeError(f"batch {cfg.train.batch_size} is larger than the {len(data)} images")
-    return loader
-
-
-def unregistered(name: str) -> str | None:
-    """Why `name` cannot be used (not registered: not written yet, or its module failed to import)."""
-    import pipelines
-
-    if name in pipelines.LOADERS:
-        return None
-    return (f"loader {name!r} is not registered in pipelines.LOADERS "
-            f"(registered: {', '.join(pipelines.LOADERS)})")
-
-
 def endless(loader):
     """Batches across epoch boundaries (set_epoch each epoch), as training sees them."""
-    epoch = 0
-    while True:
+    for epoch in itertools.count():
         loader.set_epoch(epoch)
-        count = 0
-        for batch in loader:
-            count += 1
-            yield batch
-        if count == 0:
-            raise RuntimeError("the loader yielded no batches")
-        epoch += 1
+        yield from loader
 
 
-# ---- measuring -------------------------------------------------------------------------------------
-def measure(step_fn, batch_size: int, args, first: str, estimate: str, macs: int | None,
-            warmup_steps: int | None = None) -> dict:
-    """Time step_fn(): once apart (compile, worker start-up), `warmup_steps` (--warmup) more, then
-    --repeats x --steps. Peak GPU memory covers all of it. `first` and `estimate` name the first
-    call's time and its excess over a typical call (compile for the model, start-up for loaders)."""
+def measure(step_fn, batch: int, args, warmup: int, counts: dict | None = None, dtype_bytes: int = 4) -> dict:
     device = args.device
-    warmup_steps = args.warmup if warmup_steps is None else warmup_steps
-    common.reset_peak_memory(device)
-    first_seconds = common.timed_once(step_fn, device)
-    warmup = common.timed_once(lambda: [step_fn() for _ in range(warmup_steps)], device)
-    seconds = common.time_repeats(lambda: [step_fn() for _ in range(args.steps)], args.repeats, device)
-    images = common.rate(seconds, args.steps * batch_size)
-    typical_step = min(seconds) / args.steps
-    figure = {
-        "images_per_s": images,
-        "step_ms": common.summarize([1000 * s / args.steps for s in seconds]),
-        first: first_seconds,
-        estimate: max(0.0, first_seconds - typical_step),
-        "warmup_seconds": warmup,
-        "peak_memory_bytes": common.peak_memory_bytes(device),
-        "batch_size": batch_size, "steps": args.steps, "warmup": warmup_steps, "repeats": args.repeats,
-    }
-    if macs is not None:
-        tflops = [common.train_tflops(v, macs) for v in images["values"]]
-        figure["tflops"] = common.summarize(tflops)
-    return figure
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    first = common.timed(step_fn, device)[0]
+    warm = common.timed(lambda: [step_fn() for _ in range(warmup)], device)[0]
+    seconds = common.timed(lambda: [step_fn() for _ in range(args.steps)], device, args.repeats)
+    fig = {"images_per_s": common.summarize([args.steps * batch / s for s in seconds]),
+           "step_ms": common.summarize([1000 * s / args.steps for s in seconds]),
+           "first_step_seconds": first, "warmup_seconds": warm,
+           "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+           "batch_size": batch, "steps": args.steps, "warmup": warmup, "repeats": args.repeats}
+    if counts is not None:
+        rates = fig["images_per_s"]["values"]
+        fig["tflops"] = common.summarize([flops.train_tflops(v, counts["macs_per_image"]) for v in rates])
+        fig["bytes_per_s"] = common.summarize([v * flops.bytes_per_image(counts, batch, dtype_bytes) for v in rates])
+        peak = peak_bandwidth(common.device_name(device))
+        fig["bandwidth_fraction"] = fig["bytes_per_s"]["median"] / peak if peak else None
+    return fig
 
 
-def model_alone(step, batch_size: int, args, macs: int) -> dict:
-    gen = torch.Generator().manual_seed(args.seed)
-    fmt = step.runtime.memory_format
-    images = torch.randn(batch_size, 3, 32, 32, generator=gen).to(args.device, memory_format=fmt)
-    labels = torch.randint(0, 10, (batch_size,), generator=gen).to(args.device)
-    return measure(lambda: step(images, labels), batch_size, args,
-                   "first_step_seconds", "compile_seconds_estimate", macs)
-
-
-def loader_warmup(loader, args) -> int:
-    """At least one epoch of batches: loaders prefetch while they start (torchvision: workers x
-    prefetch_factor batches), and a short warm-up would time that buffer instead of the loader.
-    One epoch drains any buffer and passes one epoch boundary."""
-    return max(args.warmup, len(loader))
-
-
-def loader_alone(loader, batch_size: int, args) -> dict:
-    batches = endless(loader)
-    total = torch.zeros((), dtype=torch.float32, device=args.device)
-
-    def one():
-        images, labels = next(batches)
-        # touch every pixel on the device, so lazy or asynchronous pipelines finish their work
-        total.add_(torch.sum(images, dtype=torch.float32)).add_(labels.sum())
-
+def guarded(what: str, fn) -> dict:
+    """One figure; a failure (OOM, a backend that cannot run here) becomes an error entry."""
     try:
-        return measure(one, batch_size, args, "first_batch_seconds", "startup_seconds_estimate", None,
-                       loader_warmup(loader, args))
-    finally:
-        batches.close()
-
-
-def end_to_end(step, loader, batch_size: int, args, macs: int) -> dict:
-    batches = endless(loader)
-
-    def one():
-        step(*next(batches))
-
-    try:
-        # a loader's first batch and any recompile for its batches' layout land in the first step
-        return measure(one, batch_size, args, "first_step_seconds", "startup_seconds_estimate", macs,
-                       loader_warmup(loader, args))
-    finally:
-        batches.close()
-
-
-def guarded(what: str, fn, args) -> dict:
-    """Run one measurement; a failure (OOM, a backend that cannot run here) becomes an error entry."""
-    try:
-        figure = fn()
-    except KeyboardInterrupt:
-        raise
+        fig = fn()
     except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the run
-        common.free_memory(args.device)
         log(f"  {what}: FAILED: {common.error_text(e)}")
         return {"error": common.error_text(e)}
-    log(f"  {what}: {figure['images_per_s']['median']:,.0f} images/s")
-    return figure
+    log(f"  {what}: {fig['images_per_s']['median']:,.0f} images/s")
+    return fig
 
 
-def bench_loader(args, depth: int, name: str, setting: Setting, step, data, macs: int,
-                 with_loader_alone: bool = True) -> dict:
-    """Loader alone and end to end for one backend; a backend that is missing or cannot be built
-    here (DALI not installed, no CUDA) gives {"error": ...} and the run goes on."""
-    entry = {"error": unregistered(name), "loader_alone": None, "end_to_end": None}
-    if entry["error"] is None:
-        try:
-            loader = build_train_loader(make_config(args, depth, name, setting), data, args.device)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # noqa: BLE001
-            entry["error"] = common.error_text(e)
-    if entry["error"] is not None:
+def ratio(num: dict | None, den: dict | None) -> float | None:
+    ok = all(isinstance(f, dict) and "images_per_s" in f for f in (num, den))
+    return num["images_per_s"]["median"] / den["images_per_s"]["median"] if ok else None
+
+
+def dtype_bytes(step) -> int:
+    return torch.finfo(step.runtime.amp_dtype).bits // 8 if step.runtime.amp_dtype is not None else 4
+
+
+def model_alone(args, cfg, counts: dict, compiled: bool):
+    """-> (step, figure). Compiled: built twice, cold then warm cache; the warm step is returned."""
+    step, batch = build_step(cfg, args.device), cfg.train.batch_size
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(batch, 3, 32, 32, generator=gen).to(args.device, memory_format=step.runtime.memory_format)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(args.device)
+    fig = guarded("model alone", lambda: measure(lambda: step(x, y), batch, args, args.warmup, counts, dtype_bytes(step)))
+    if "error" in fig:
+        return None, fig
+    typical, fig["compile_seconds"] = fig["step_ms"]["median"] / 1000, None
+    if compiled:
+        common.release(args.device)  # the inductor cache on disk stays: the next compile is warm
+        step = build_step(cfg, args.device)
+        warm = common.timed(lambda: step(x, y), args.device)[0]
+        fig["compile_seconds"] = {"cold": max(0.0, fig["first_step_seconds"] - typical), "warm": max(0.0, warm - typical)}
+    return step, fig
+
+
+def bench_loader(args, cfg, step, data, counts: dict, alone: bool = True) -> dict:
+    """Loader alone and end to end for one backend; one that cannot be built here is an error entry."""
+    name, batch = cfg.loader.name, cfg.train.batch_size
+    entry = {"error": None, "loader_alone": None, "end_to_end": None}
+    try:
+        if name not in pipelines.LOADERS:
+            raise LookupError(f"loader {name!r} is not registered (registered: {', '.join(pipelines.LOADERS)})")
+        loader = pipelines.build_loader(cfg, "train", data, args.device, 0, 1)
+    except Exception as e:  # noqa: BLE001 - DALI not installed, no CUDA, ...
+        entry["error"] = common.error_text(e)
         log(f"  {name}: unavailable: {entry['error']}")
         return entry
-    try:
-        if with_loader_alone:
-            entry["loader_alone"] = guarded(f"{name} loader alone",
-                                            lambda: loader_alone(loader, setting.batch_size, args), args)
-        if step is None:
-            entry["end_to_end"] = {"error": "skipped: the train step could not be built"}
-        else:
-            entry["end_to_end"] = guarded(
-                f"{name} end to end", lambda: end_to_end(step, loader, setting.batch_size, args, macs), args)
-    finally:
-        del loader  # DataLoader workers and GPU pipelines go before the next backend starts
-        common.free_memory(args.device)
+    warmup, total, batches = max(args.warmup, len(loader)), torch.zeros((), device=args.device), endless(loader)
+
+    def touch():  # every pixel reduced on the device, so lazy pipelines finish their work
+        total.add_(sum(t.float().sum() for t in next(batches)))
+
+    if alone:
+        entry["loader_alone"] = guarded(f"{name} loader alone", lambda: measure(touch, batch, args, warmup))
+    if step is not None:
+        entry["end_to_end"] = guarded(f"{name} end to end", lambda: measure(
+            lambda: step(*next(batches)), batch, args, warmup, counts, dtype_bytes(step)))
+    batches.close()  # workers and GPU pipelines go before the next backend starts
     return entry
 
 
-def try_train_step(args, depth: int, setting: Setting):
-    """-> (step, None) or (None, error)."""
-    try:
-        return build_train_step(make_config(args, depth, "torchvision", setting), args.device), None
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # noqa: BLE001
-        return None, common.error_text(e)
-
-
-def model_figure(args, step, error: str | None, setting: Setting, macs: int) -> dict:
-    if step is None:
-        log(f"  model alone: FAILED: {error}")
-        return {"error": error}
-    return guarded("model alone", lambda: model_alone(step, setting.batch_size, args, macs), args)
+def flag(entry: dict, model: dict) -> dict:
+    entry["ratio_end_to_end_to_model"] = r = ratio(entry["end_to_end"], model)
+    entry["suspect"] = None
+    if r is not None and r > SUSPECT_RATIO:
+        entry["suspect"] = (f"end to end is {r:.2f}x the model alone (> {SUSPECT_RATIO}): it cannot be faster; "
+                            "the machine was likely busy, or the steps too few")
+        log(f"  SUSPECT: {entry['suspect']}")
+    return entry
 
 
 def bench_depth(args, depth: int, data) -> dict:
-    from fastcifar.models import build_model
+    from torch._inductor.utils import fresh_inductor_cache  # a new TORCHINDUCTOR_CACHE_DIR, memory caches cleared
 
-    macs = common.forward_macs(depth)
-    params = sum(p.numel() for p in build_model(f"resnet{depth}").parameters())
-    result = {"depth": depth, "model": f"resnet{depth}", "params": params, "macs_per_image": macs,
-              "train_flops_per_image": 6 * macs, "model_alone": None, "loaders": {}, "seed_style": None}
-
-    fast = Setting("fast", args.batch_size, args.amp, args.compile, args.channels_last, args.workers)
-    step, error = try_train_step(args, depth, fast)
-    result["model_alone"] = model_figure(args, step, error, fast, macs)
-    for name in args.loaders:
-        entry = bench_loader(args, depth, name, fast, step, data, macs)
-        entry["ratio_end_to_end_to_model"] = common.median_ratio(entry["end_to_end"], result["model_alone"])
-        result["loaders"][name] = entry
-    del step
-    common.release(args.device, args.compile)
-
+    counts = flops.count(f"resnet{depth}")
+    result = {"depth": depth, "model": f"resnet{depth}", **counts, "batches": [], "seed_style": None}
+    for batch in args.batch_sizes:
+        cfg = make_config(args, depth, args.loaders[0], batch)
+        compiled = resolve_runtime(cfg.train, args.device).compile
+        with fresh_inductor_cache() if compiled else contextlib.nullcontext():  # each (depth, batch) starts cold
+            step, model = model_alone(args, cfg, counts, compiled)
+            entry = {"batch_size": batch, "model_alone": model, "loaders": {},
+                     "bytes_per_image": flops.bytes_per_image(counts, batch, dtype_bytes(step)) if step else None}
+            for name in args.loaders:
+                entry["loaders"][name] = flag(bench_loader(args, make_config(args, depth, name, batch), step, data,
+                                                           counts), model)
+        result["batches"].append(entry)
+        del step
+        common.release(args.device)
     if not args.no_baseline:
-        seed = Setting("seed-style", args.baseline_batch_size, "none", False, False, args.baseline_workers)
-        log(f"  seed-style baseline: {seed.describe()}")
-        step, error = try_train_step(args, depth, seed)
-        base = {"setting": seed.describe(), "loader": "torchvision",
-                "model_alone": model_figure(args, step, error, seed, macs)}
-        entry = bench_loader(args, depth, "torchvision", seed, step, data, macs, with_loader_alone=False)
-        base["end_to_end"] = entry["end_to_end"] or {"error": entry["error"]}
-        base["speedup_model_alone"] = common.median_ratio(result["model_alone"], base["model_alone"])
-        base["speedup_end_to_end"] = {name: common.median_ratio(e["end_to_end"], base["end_to_end"])
-                                      for name, e in result["loaders"].items()}
+        log("  seed-style baseline")
+        cfg = make_config(args, depth, "torchvision", args.baseline_batch_size, seed_style=True)
+        step, model = model_alone(args, cfg, counts, compiled=False)
+        e2e = bench_loader(args, cfg, step, data, counts, alone=False)
+        base = flag({"setting": args.baseline, "model_alone": model, "end_to_end": e2e["end_to_end"] or e2e}, model)
+        first = result["batches"][0]
+        base["speedup_model_alone"] = ratio(first["model_alone"], model)
+        base["speedup_end_to_end"] = {n: ratio(e["end_to_end"], base["end_to_end"]) for n, e in first["loaders"].items()}
         result["seed_style"] = base
         del step
-        common.release(args.device, args.compile)
+        common.release(args.device)
     return result
 
 
-# ---- output ----------------------------------------------------------------------------------------
-TIMING = (
-    "per figure: the first step (first batch for loader alone) is timed apart (it holds "
-    "torch.compile, cudnn autotuning, worker or pipeline start-up); then `warmup` untimed steps "
-    "(for figures fed by a loader at least one epoch of batches, so that batches prefetched during "
-    "start-up are not timed as loader speed); "
-    "then `repeats` timings of `steps` steps, each between two torch.cuda.synchronize() calls "
-    "(wall clock, time.perf_counter); images_per_s = steps * batch_size / seconds, with the median, "
-    "min and max over the repeats; batches run across epoch boundaries (set_epoch each epoch); "
-    "peak_memory_bytes = torch.cuda.max_memory_allocated over the figure, reset before it (null on CPU)"
-)
-
-
-def settings(args, data_size: int) -> dict:
-    return {
-        "device": args.device.type, "device_name": common.device_name(args.device),
-        "depths": args.depths, "loaders": args.loaders,
-        "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-        "amp": args.amp, "compile": args.compile, "compile_mode": args.compile_mode,
-        "channels_last": args.channels_last, "workers": args.workers, "dali_prefetch": args.dali_prefetch,
-        "dali_batches_per_run": args.dali_batches_per_run,
-        "data": args.data, "data_size": data_size, "seed": args.seed,
-        "cudnn_benchmark": args.device.type == "cuda",
-        "seed_style": None if args.no_baseline else Setting(
-            "seed-style", args.baseline_batch_size, "none", False, False, args.baseline_workers).describe(),
-    }
-
-
-def load_data(args):
-    if args.data == "synthetic":
-        return common.synthetic_split(args.synthetic_size, seed=args.seed)
-    from fastcifar.data import load_cifar
-
-    return load_cifar("cifar10", args.data_root, "train", download=True)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from fastcifar.data import load_cifar
+    from fastcifar.synthetic import synthetic_split
+
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    if args.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the trainer runs (train.deterministic=false)
+    torch.backends.cudnn.benchmark = args.device.type == "cuda"  # as the trainer runs
     try:
-        data = load_data(args)
+        data = (synthetic_split(args.synthetic_size, seed=args.seed, learnable=False) if args.data == "synthetic"
+                else load_cifar("cifar10", args.fast.data.root, "train", download=True))
     except FastcifarError as e:
         print(f"throughput.py: error: {e}", file=sys.stderr)
         return 2
-    out = {"kind": "throughput", "schema_version": SCHEMA_VERSION, "complete": False,
-           "environment": common.environment(), "settings": settings(args, len(data)),
-           "timing": TIMING, "flops_convention": common.FLOPS_CONVENTION, "results": []}
+    rt, name = args.runtime, common.device_name(args.device)
+    config = {"amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "none", "compile": rt.compile,
+              "compile_mode": rt.compile_mode, "channels_last": rt.channels_last, "cuda_graph": args.fast.train.cuda_graph}
+    out = {"kind": "throughput", "schema_version": SCHEMA_VERSION, "complete": False, "environment": environment(),
+           "settings": {"device": args.device.type, "device_name": name, "peak_bandwidth": peak_bandwidth(name),
+                        "depths": args.depths, "loaders": args.loaders, "batch_sizes": args.batch_sizes,
+                        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "overrides": args.overrides,
+                        "config": config, "workers": args.fast.loader.workers, "data": args.data, "data_size": len(data),
+                        "seed": args.seed, "seed_style": None if args.no_baseline else args.baseline},
+           "timing": TIMING, "flops_convention": flops.FLOPS_CONVENTION, "bytes_convention": flops.BYTES_CONVENTION,
+           "results": []}
     for depth in args.depths:
         log(f"resnet{depth}:")
         out["results"].append(bench_depth(args, depth, data))

@@ -79,10 +79,9 @@ class CifarResNet(nn.Module):
 
 
 def blocks_per_stage(depth: int) -> int:
+    """n for depth 6n+2: the one place a depth is checked (models, config, benchmark options)."""
     if depth < 8 or (depth - 2) % 6:
-        raise ConfigError(
-            f"model depth {depth} is not 6n+2 with n >= 1 (e.g. {', '.join(map(str, PAPER_DEPTHS))})"
-        )
+        raise ConfigError(f"depth {depth} is not 6n+2 with n >= 1 (e.g. {', '.join(map(str, PAPER_DEPTHS))})")
     return (depth - 2) // 6
 
 
@@ -95,17 +94,14 @@ def check_model_name(name: str) -> int:
     if name in MODELS:
         return MODELS[name]
     match = _NAME.match(name)
-    if not match:
-        raise ConfigError(
-            f"model.name: unknown model {name!r} (valid: {', '.join(MODELS)}, or resnet<6n+2>)"
-        )
-    depth = int(match.group(1))
-    if depth < 8 or (depth - 2) % 6:
-        raise ConfigError(
-            f"model.name: {name!r} has depth {depth}, which is not 6n+2 with n >= 1 "
-            f"(valid: {', '.join(MODELS)}, or resnet<6n+2> such as resnet8, resnet14)"
-        )
-    return depth
+    reason = "unknown model"
+    if match:
+        try:
+            blocks_per_stage(int(match.group(1)))
+            return int(match.group(1))
+        except ConfigError as e:
+            reason = str(e)
+    raise ConfigError(f"model.name: {name!r}: {reason} (valid: {', '.join(MODELS)}, or resnet<6n+2> such as resnet8)")
 
 
 def build_model(name: str, num_classes: int = 10, shortcut: str = "A") -> CifarResNet:

@@ -14,33 +14,10 @@ import numpy as np
 import pytest
 
 from fastcifar import config as config_lib
+from fastcifar.synthetic import synthetic_arrays, write_npz  # noqa: F401 (the tests import them from here)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FASTCIFAR_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def synthetic_arrays(n: int, num_classes: int = 10, seed: int = 0, learnable: bool = True):
-    """uint8 NHWC images and int64 labels; with `learnable`, each class has its own colour and
-    stripe, so a tiny ResNet's loss falls within an epoch or two."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n, dtype=np.int64) % num_classes
-    rng.shuffle(labels)
-    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
-    if learnable:
-        colours = rng.integers(0, 256, size=(num_classes, 3))
-        base = (images.astype(np.int32) // 4) + (colours[labels][:, None, None, :] * 3 // 4)
-        for c in range(num_classes):
-            base[labels == c, (c * 3) % 32: (c * 3) % 32 + 3, :, :] = 255
-        images = base.clip(0, 255).astype(np.uint8)
-    return images, labels
-
-
-def write_npz(root: Path, dataset: str, n_train: int, n_test: int, num_classes: int = 10, seed: int = 0):
-    (root / dataset).mkdir(parents=True, exist_ok=True)
-    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
-        images, labels = synthetic_arrays(n, num_classes, s)
-        np.savez(root / dataset / f"{split}.npz", images=images, labels=labels)
-    return root
 
 
 def official_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes) -> bytes:

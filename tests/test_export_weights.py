@@ -20,7 +20,7 @@ def write_runs(results, weights_from, finals, depth=20):
 
 
 def export(*args):
-    return subprocess.run([sys.executable, "benchmarks/export_weights.py", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "benchmarks.export_weights", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -20,9 +20,7 @@ from conftest import REPO, tiny_overrides
 
 from fastcifar.models import build_model
 
-sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of scripts, not an installed package
-
-from benchmarks import common, report, reproduce  # noqa: E402
+from benchmarks import common, report, reproduce
 
 EPOCHS_TO_BRIDGE = 40  # ~0.8 s each on 2 slow cores: a 6 s deadline stops the run well before its end
 
@@ -45,7 +43,7 @@ def driver_args(tmp_path, config_dir, root, *extra, seeds=("0",), **overrides) -
 
 def start(args: list[str]) -> subprocess.Popen:
     # one thread per run: two runs share the two cores of the CI machine
-    return subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "reproduce.py"), *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.reproduce", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 

@@ -1,0 +1,57 @@
+"""What a measured figure depends on (versions, devices, the commit), and nothing that names the machine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(prefix: str) -> str | None:
+    """An installed distribution's version without importing it (DALI's import is slow)."""
+    from importlib import metadata
+
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name.startswith(prefix):
+            return f"{name} {dist.version}"
+    return None
+
+
+def environment() -> dict:
+    """Recorded with every benchmark result; no hostname, no user."""
+    import torchvision
+
+    cuda = torch.cuda.is_available()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None
+    commit = _run(["git", "rev-parse", "HEAD"])
+    dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])) if commit else None
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).name, os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "git": {"commit": commit, "dirty": dirty}, "python": platform.python_version(),
+        "platform": platform.platform(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "dali": _version("nvidia-dali"), "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "driver": driver.splitlines()[0] if driver else None,
+        "gpu": gpus[0] if gpus else None, "gpu_count": len(gpus), "gpus": gpus,
+        "cpu": platform.processor() or None, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),  # > 1 under torchrun
+    }
