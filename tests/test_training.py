@@ -296,3 +296,33 @@ def test_stop_handler_leaves_forked_workers_and_ignored_sigint_alone():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_failed_checkpoint_save_leaves_no_temp_file_and_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_epoch0001.pt"
+    ckpt.save_checkpoint(path, {"epoch": 1})
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint(path, {"epoch": 2})
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert ckpt.load_checkpoint(path)["epoch"] == 1
+
+
+def test_checkpoint_save_fsyncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    ckpt.save_checkpoint(tmp_path / "c.pt", {"epoch": 1})
+    assert synced == ["file", "dir"]  # the folder after the rename, which made the name point at the file

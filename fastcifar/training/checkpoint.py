@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from fastcifar.errors import CheckpointError
+from fastcifar.files import fsync_dir
 
 _PREFIXES = ("module.", "_orig_mod.")
 _NAME = re.compile(r"checkpoint_epoch(\d+)\.pt$")
@@ -78,14 +79,20 @@ def _python_rng_tuple(state):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Temp file in the same folder, fsync, then rename: a crash never leaves a half checkpoint."""
+    """Temp file in the same folder, fsync, rename, fsync the folder: a crash never leaves a half
+    checkpoint, and a failed save (disk full, Ctrl-C) leaves no temp file either."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
