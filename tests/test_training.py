@@ -326,3 +326,58 @@ def test_checkpoint_save_fsyncs_the_file_and_then_its_folder(tmp_path, monkeypat
     monkeypatch.setattr(os, "fsync", recording_fsync)
     ckpt.save_checkpoint(tmp_path / "c.pt", {"epoch": 1})
     assert synced == ["file", "dir"]  # the folder after the rename, which made the name point at the file
+
+
+def test_resume_on_an_accelerator_loads_the_checkpoint_to_cpu(synthetic_root, tmp_path):
+    """On a GPU, loading to the device moved the RNG states there and their restore failed. The
+    meta device stands in for CUDA: nothing loaded onto it can be restored or copied."""
+    import dataclasses
+
+    Trainer(tiny_config(synthetic_root, tmp_path / "run", train__epochs=1)).fit()
+    saved = ckpt.load_checkpoint(tmp_path / "run" / "checkpoint_epoch0001.pt")
+    resumed = Trainer(tiny_config(synthetic_root, tmp_path / "run", train__epochs=1, train__resume=True))
+    resumed.dist = dataclasses.replace(resumed.dist, device=torch.device("meta"))
+    torch.manual_seed(12345)
+    resumed._prepare_run_dir()
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert_same_weights(ckpt.model_state(resumed.model), saved["model"])
+
+
+def test_resume_skips_a_damaged_latest_checkpoint_with_one_warning(synthetic_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3)).fit()
+    newest = run_dir / "checkpoint_epoch0003.pt"
+    newest.write_bytes(newest.read_bytes()[:5000])  # a copy cut off, a full disk
+    capsys.readouterr()
+    resumed = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__resume=True))
+    assert (resumed.epoch, resumed.step) == (2, 20)
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and "checkpoint_epoch0003.pt" in warnings[0] and len(warnings[0]) < 300
+    assert [r["checkpoint"] for r in records(run_dir) if r.get("event") == "resume"] == ["checkpoint_epoch0002.pt"]
+
+    for name in ("checkpoint_epoch0001.pt", "checkpoint_epoch0002.pt"):
+        (run_dir / name).write_bytes(b"")
+    with pytest.raises(CheckpointError) as error:
+        Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__resume=True))
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 400
+    assert all(f"checkpoint_epoch000{e}.pt" in message for e in (1, 2, 3)) and "no readable checkpoint" in message
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_stopped_by_sigterm_resumes(synthetic_root, tmp_path):
+    import signal
+
+    extra = dict(train__device="cuda", train__epochs=3, train__checkpoint_every=100)
+
+    def sigterm_after_epoch_one(record):
+        if record["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = Trainer(tiny_config(synthetic_root, tmp_path / "run", **extra)).fit(sigterm_after_epoch_one)
+    assert (stopped["epochs"], stopped["finished"]) == (1, False)
+    resumed = Trainer(tiny_config(synthetic_root, tmp_path / "run", train__resume=True, **extra))
+    assert resumed.epoch == 1 and resumed.dist.device.type == "cuda"
+    assert resumed.fit()["finished"]
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

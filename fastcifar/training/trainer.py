@@ -18,7 +18,7 @@ from fastcifar import config as config_lib
 from fastcifar import distributed as dist_lib
 from fastcifar.config import Config
 from fastcifar.data import load_cifar
-from fastcifar.errors import ConfigError, DataError
+from fastcifar.errors import CheckpointError, ConfigError, DataError, stderr_line
 from fastcifar.files import write_text_atomic
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
@@ -105,7 +105,7 @@ class Trainer:
         if self.cfg.train.resume:
             if latest is None:
                 raise ConfigError(f"train.resume: no checkpoint to resume from in {self.run_dir}")
-            state = ckpt.load_checkpoint(latest, map_location=self.dist.device)
+            latest, state = self._newest_readable_checkpoint()
             change = config_lib.recipe_change(state["config"], self.cfg) if "config" in state else None
             if change is not None:
                 raise ConfigError(f"train.resume: {latest} was trained with another recipe ({change}); "
@@ -121,6 +121,24 @@ class Trainer:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config_lib.save(self.cfg, self.run_dir / name)
+
+    def _newest_readable_checkpoint(self) -> tuple[Path, dict]:
+        """The newest checkpoint that loads, warning of each newer one skipped (truncated by a full
+        disk, a copy cut off). Loaded to CPU, whatever the device: the RNG states must stay CPU
+        tensors, and load_state puts weights and optimizer state where the model lives."""
+        skipped = []
+        for _epoch, path in reversed(ckpt.checkpoints(self.run_dir)):
+            try:
+                state = ckpt.load_checkpoint(path, map_location="cpu")
+            except CheckpointError as e:
+                skipped.append(path.name)
+                if self.main:
+                    stderr_line(f"warning: {e}; skipped, resuming from an older checkpoint")
+                continue
+            return path, state
+        raise CheckpointError(f"train.resume: no readable checkpoint in {self.run_dir} "
+                              f"({', '.join(reversed(skipped))} could not be read); start a new "
+                              "--train.run_dir, or restore one of them")
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
