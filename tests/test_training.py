@@ -254,7 +254,8 @@ def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(syntheti
     epoch = stopped[0]["epoch"]
     assert 1 <= epoch < 4
     assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == [f"checkpoint_epoch{epoch:04d}.pt"]
-    assert not (run_dir / "summary.json").exists()  # written only by a finished run
+    summary = json.loads((run_dir / "summary.json").read_text())  # the marker a script can test
+    assert (summary["status"], summary["finished"], summary["epochs"]) == ("stopped", False, epoch)
 
     result = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -263,12 +264,16 @@ def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(syntheti
     assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0004.pt"]  # keep 1
 
 
-def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root, tmp_path):
+def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root, tmp_path, capsys):
     first = Trainer(tiny_config(synthetic_root, tmp_path / "run")).fit()
+    capsys.readouterr()
     again = Trainer(tiny_config(synthetic_root, tmp_path / "run", train__resume=True)).fit()
     assert again["finished"] and again["epochs"] == first["epochs"]
     assert again["final_top1"] == pytest.approx(first["final_top1"])
     assert again["final_top5"] == pytest.approx(first["final_top5"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("epoch 2/2")
+    assert f"test top-1 {first['final_top1']:.2f}%" in printed[0]
 
 
 def test_stop_handler_leaves_forked_workers_and_ignored_sigint_alone():
@@ -381,3 +386,102 @@ def test_cuda_run_stopped_by_sigterm_resumes(synthetic_root, tmp_path):
     assert resumed.epoch == 1 and resumed.dist.device.type == "cuda"
     assert resumed.fit()["finished"]
     os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_text_writes_non_finite_floats_as_null():
+    from fastcifar.files import json_text
+
+    value = {"loss": float("nan"), "nested": [1.5, float("inf"), {"x": -float("inf")}], "n": 3}
+    assert strict_json(json_text(value)) == {"loss": None, "nested": [1.5, None, {"x": None}], "n": 3}
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    """Fault injection: from step 13 (epoch 2) the weights turn NaN, as after an exploding update."""
+    from fastcifar.errors import Diverged
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__log_every=3))
+
+    def explode(module, inputs):
+        if module.training and trainer.step + 1 >= 13:
+            with torch.no_grad():
+                next(module.parameters()).fill_(float("nan"))
+
+    trainer.model.register_forward_pre_hook(explode)
+    with pytest.raises(Diverged) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "\n" not in message and "at step 13" in message and "nan" in message  # window 11-13
+    assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0001.pt"]
+    kept = ckpt.load_checkpoint(run_dir / "checkpoint_epoch0001.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in kept.values() if v.is_floating_point())
+    summary = strict_json((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["finished"], summary["epochs"], summary["steps"]) == ("diverged", False, 1, 13)
+    log = [strict_json(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r.get("event") == "diverged"] == [13]
+
+
+def test_divergence_in_evaluation_is_caught_before_the_checkpoint(synthetic_root, tmp_path):
+    from fastcifar.errors import Diverged
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=1))
+
+    def poisoned_weights(record):  # the loss was finite, the update after it was not
+        with torch.no_grad():
+            trainer.model.fc.weight.fill_(float("inf"))
+
+    real_evaluate = trainer.evaluate
+    trainer.evaluate = lambda: (poisoned_weights(None), real_evaluate())[1]
+    with pytest.raises(Diverged, match=r"test loss is nan at step 10"):
+        trainer.fit()
+    assert not list(run_dir.glob("checkpoint_epoch*.pt"))
+
+
+def test_run_py_reports_a_real_divergence_with_its_own_exit_status(synthetic_root, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, tiny_overrides
+
+    from fastcifar.training.stopping import DIVERGED_EXIT
+
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "run.py", "configs/resnet20.yml",
+                             *tiny_overrides(synthetic_root, run_dir, **{"optim.lr": 1e6})],
+                            cwd=REPO, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == DIVERGED_EXIT == 4, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("run.py:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("run.py: diverged: training loss is nan at step ") or "inf at step" in lines[0]
+    assert strict_json((run_dir / "summary.json").read_text())["status"] == "diverged"
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        strict_json(line)
+    assert not list(run_dir.glob("checkpoint_epoch*.pt"))
+
+
+def test_max_steps_cuts_the_run_short_and_resume_continues_it(synthetic_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    summary = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__max_steps=15)).fit()
+    assert (summary["status"], summary["cut_short"], summary["finished"]) == ("cut_short", True, False)
+    assert (summary["steps"], summary["epochs"]) == (15, 1) and summary["final_top1"] is not None
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    # the partial epoch 2 is evaluated but not saved: a checkpoint holds whole epochs
+    assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0001.pt"]
+    log = records(run_dir)
+    assert [r["epoch"] for r in log if "train_loss" in r] == [1, 1.5]
+    assert [r["step"] for r in log if r.get("event") == "cut_short"] == [15]
+    assert "epoch 1.5/3 (cut short at train.max_steps=15)" in capsys.readouterr().out
+
+    resumed = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__resume=True))
+    assert (resumed.epoch, resumed.step) == (1, 10)
+    summary = resumed.fit()
+    assert (summary["status"], summary["steps"], summary["epochs"]) == ("finished", 30, 3)
