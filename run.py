@@ -24,7 +24,7 @@ Keys, with their values (a CONFIG's, after overrides, else the built-in defaults
 def main(argv: list[str]) -> int:
     from fastcifar import config, distributed
     from fastcifar.errors import Diverged, FastcifarError, stderr_line
-    from fastcifar.training.stopping import DIVERGED_EXIT, STOPPED_EXIT
+    from fastcifar.training.stopping import DIVERGED_EXIT, INTERRUPTED_EXIT, STOPPED_EXIT
 
     if not argv or "--help" in argv or "-h" in argv:
         shown = None  # with a CONFIG, its values (and overrides) are the ones listed
@@ -56,6 +56,9 @@ def main(argv: list[str]) -> int:
     except FastcifarError as e:
         stderr_line(f"run.py: error: {e}")
         return 2
+    except KeyboardInterrupt:  # the second Ctrl-C, or the first one before training began
+        stderr_line("run.py: interrupted; the newest checkpoint, if any, is intact (--resume)")
+        return INTERRUPTED_EXIT
     finally:
         distributed.cleanup()
     return 0

@@ -485,3 +485,36 @@ def test_max_steps_cuts_the_run_short_and_resume_continues_it(synthetic_root, tm
     assert (resumed.epoch, resumed.step) == (1, 10)
     summary = resumed.fit()
     assert (summary["status"], summary["steps"], summary["epochs"]) == ("finished", 30, 3)
+
+
+def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, tiny_overrides, write_npz
+
+    from fastcifar.training.stopping import INTERRUPTED_EXIT
+
+    root = write_npz(tmp_path / "data", "cifar10", 4000, 100)  # 500 steps an epoch: time for both signals
+    run_dir = tmp_path / "run"
+    stderr = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "run.py", "configs/resnet20.yml",
+                             *tiny_overrides(root, run_dir, **{"train.batch_size": 8})],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
+    while not (metrics.is_file() and '"loss"' in metrics.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    while "SIGINT: stopping" not in (tmp_path / "stderr.txt").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == INTERRUPTED_EXIT == 130
+    err = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("run.py: interrupted")
+    assert not list(run_dir.glob(".*tmp*"))
