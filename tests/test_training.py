@@ -479,7 +479,7 @@ def test_max_steps_cuts_the_run_short_and_resume_continues_it(synthetic_root, tm
     log = records(run_dir)
     assert [r["epoch"] for r in log if "train_loss" in r] == [1, 1.5]
     assert [r["step"] for r in log if r.get("event") == "cut_short"] == [15]
-    assert "epoch 1.5/3 (cut short at train.max_steps=15)" in capsys.readouterr().out
+    assert "epoch 1.50/3 (cut short at train.max_steps=15)" in capsys.readouterr().out
 
     resumed = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__resume=True))
     assert (resumed.epoch, resumed.step) == (1, 10)
@@ -518,3 +518,30 @@ def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("run.py: interrupted")
     assert not list(run_dir.glob(".*tmp*"))
+
+
+def test_a_run_cut_short_evaluates_on_as_many_test_images_as_it_trained_on(synthetic_root, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = Trainer(tiny_config(synthetic_root, run_dir, train__max_steps=2, loader__eval_batch_size=50)).fit()
+    assert summary["cut_short"] and summary["steps"] == 2
+    assert [r["test_images"] for r in records(run_dir) if "test_images" in r] == [150]  # 2 x 64 -> 3 batches of 50
+
+
+@pytest.mark.slow
+def test_smoke_run_on_real_data_is_cut_short(real_cifar_root, tmp_path):
+    """The README's smoke run: seconds on two CPU cores (not timed here: the CPU may be shared)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run_dir = tmp_path / "smoke"
+    result = subprocess.run([sys.executable, "run.py", "configs/resnet20.yml", f"--data.root={real_cifar_root}",
+                             "--data.download=false", "--train.device=cpu", "--train.max_steps=10",
+                             "--train.batch_size=64", f"--train.run_dir={run_dir}", "--train.progress=false"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(cut short at train.max_steps=10)" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["final_top1"] is not None) == ("cut_short", 10, True)
+    assert [r["test_images"] for r in records(run_dir) if "test_images" in r] == [1000]

@@ -5,6 +5,7 @@ It never branches on the loader backend: every loader yields ready (images, labe
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import platform
@@ -249,9 +250,16 @@ class Trainer:
             self.check_finite("a weight", float("nan"))
 
     def evaluate(self) -> dict:
+        """The test loss and accuracy. Cut short by train.max_steps, on as many test images as
+        the run trained on (whole batches, at most the test set): a smoke run on real data then
+        ends in seconds, and its summary says cut_short, so its accuracy is not read as a result."""
         average_buffers(self.model, self.dist.world_size)
         self.test_loader.set_epoch(self.epoch)
-        result = evaluate(self.eval_model, self.test_loader, self.runtime)
+        loader = self.test_loader
+        if self.step_limit_reached():
+            max_steps, batch, eval_batch = self.cfg.train.max_steps, self.cfg.train.batch_size, self.cfg.loader.eval_batch_size
+            loader = itertools.islice(loader, -(-max_steps * batch // eval_batch))  # the same count on every rank
+        result = evaluate(self.eval_model, loader, self.runtime)
         self.check_finite("test loss", result["test_loss"])
         return result
 
@@ -298,7 +306,8 @@ class Trainer:
                     if self.main:
                         acc = f", test top-1 {record['top1']:.2f}%" if "top1" in record else ""
                         cut = f" (cut short at train.max_steps={cfg.max_steps})" if limited and self.epoch < cfg.epochs else ""
-                        print(f"epoch {epoch:g}/{cfg.epochs}{cut}: loss {record['train_loss']:.4f}, "
+                        shown = self.epoch if whole else f"{epoch:.2f}"
+                        print(f"epoch {shown}/{cfg.epochs}{cut}: loss {record['train_loss']:.4f}, "
                               f"{record['images_per_s']:,.0f} img/s{acc}", flush=True)
                     stopping = not final and stop.requested(self.dist.device)
                     # a partial epoch cannot be resumed from (a checkpoint holds whole epochs)
