@@ -327,7 +327,7 @@ class Trainer:
                 stop_requested = stop.requested(self.dist.device)
         except Diverged as e:
             self.log_event({"event": "diverged", "error": str(e), "epoch": self.epoch, "step": self.step})
-            self.write_summary(self.summary(last, "diverged"))
+            self.write_summary({**self.summary(last, "diverged"), "stop_requested": stop_requested})
             raise
         status = ("finished" if self.epoch >= cfg.epochs else
                   "cut_short" if self.step_limit_reached() else "stopped")
