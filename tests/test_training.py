@@ -545,3 +545,21 @@ def test_smoke_run_on_real_data_is_cut_short(real_cifar_root, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["steps"], summary["final_top1"] is not None) == ("cut_short", 10, True)
     assert [r["test_images"] for r in records(run_dir) if "test_images" in r] == [1000]
+
+
+def test_non_finite_weights_are_never_checkpointed(synthetic_root, tmp_path):
+    """An update after the last checked loss can still break the weights; with no evaluation that
+    epoch, the check before the checkpoint is the one that sees it."""
+    from fastcifar.errors import Diverged
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__eval_every=10))
+
+    def break_weights(record):
+        with torch.no_grad():
+            trainer.model.fc.bias.fill_(float("inf"))
+
+    with pytest.raises(Diverged, match=r"a weight is NaN or infinite at step 10 \(epoch 1\)"):
+        trainer.fit(break_weights)
+    assert not list(run_dir.glob("checkpoint_epoch*.pt"))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"

@@ -247,7 +247,8 @@ class Trainer:
         params = [p.detach() for p in self.model.parameters()]
         finite = torch.stack([torch.isfinite(p).all() for p in params]).all().item()
         if not finite:
-            self.check_finite("a weight", float("nan"))
+            raise Diverged(f"a weight is NaN or infinite at step {self.step} (epoch {self.epoch}): the run "
+                           "diverged; lower optim.lr or lengthen schedule.warmup_epochs")
 
     def evaluate(self) -> dict:
         """The test loss and accuracy. Cut short by train.max_steps, on as many test images as
