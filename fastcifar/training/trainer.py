@@ -258,8 +258,9 @@ class Trainer:
         self.test_loader.set_epoch(self.epoch)
         loader = self.test_loader
         if self.step_limit_reached():
-            max_steps, batch, eval_batch = self.cfg.train.max_steps, self.cfg.train.batch_size, self.cfg.loader.eval_batch_size
-            loader = itertools.islice(loader, -(-max_steps * batch // eval_batch))  # the same count on every rank
+            trained = self.cfg.train.max_steps * self.cfg.train.batch_size
+            batches = -(-trained // self.cfg.loader.eval_batch_size)  # the same count on every rank
+            loader = itertools.islice(loader, batches)
         result = evaluate(self.eval_model, loader, self.runtime)
         self.check_finite("test loss", result["test_loss"])
         return result
@@ -306,7 +307,8 @@ class Trainer:
                         on_epoch_end(record)
                     if self.main:
                         acc = f", test top-1 {record['top1']:.2f}%" if "top1" in record else ""
-                        cut = f" (cut short at train.max_steps={cfg.max_steps})" if limited and self.epoch < cfg.epochs else ""
+                        cut_short = limited and self.epoch < cfg.epochs
+                        cut = f" (cut short at train.max_steps={cfg.max_steps})" if cut_short else ""
                         shown = self.epoch if whole else f"{epoch:.2f}"
                         print(f"epoch {shown}/{cfg.epochs}{cut}: loss {record['train_loss']:.4f}, "
                               f"{record['images_per_s']:,.0f} img/s{acc}", flush=True)
