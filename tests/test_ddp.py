@@ -145,6 +145,25 @@ def test_sigterm_to_torchrun_leaves_a_stopped_marker_and_no_traceback_of_ours(sy
     assert len(stopped) == 1 and stopped[0]["signal"] == "SIGTERM"
 
 
+def test_divergence_stops_every_rank_at_the_same_step(synthetic_root, tmp_path):
+    """The window's loss is summed over ranks before the check: no rank trains on while another
+    has stopped (it would wait in the next all-reduce until the timeout)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+         str(free_port()), "run.py", "configs/resnet20.yml",
+         *tiny_overrides(synthetic_root, run_dir, **{"optim.lr": 1e6, "train.epochs": 3})],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode != 0  # torchrun reports any non-zero worker status as its own 1
+    assert result.stderr.count("run.py: diverged: training loss is") == 1, result.stderr[-3000:]
+    assert "exitcode  : 4" in result.stderr or "exitcode: 4" in result.stderr.replace(" ", "")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["world_size"]) == ("diverged", 2)
+    assert not list(run_dir.glob("checkpoint_epoch*.pt"))
+
+
 def test_error_line_is_one_write(monkeypatch):
     """Ranks share one stderr pipe: a line written in two pieces can merge with another rank's."""
     from fastcifar.errors import stderr_line
