@@ -108,7 +108,7 @@ class TrainConfig:
         "default", "torch.compile mode")
     cuda_graph: Literal["auto", "true", "false"] = _key(
         "false", "CUDA graphs of the whole train step and eval forward; auto: on CUDA, 1 process, amp not fp16")
-    max_steps: int = _key(0, "stop after this many optimizer steps in all, cut short (0: no limit)")
+    max_steps: int = _key(0, "cut the run short after this many optimizer steps in all, e.g. a smoke run (0: no limit)")
     eval_every: int = _key(1, "epochs between evaluations; the last epoch is always evaluated")
     checkpoint_every: int = _key(10, "epochs between checkpoints; the last and a stopped epoch are always saved")
     keep_checkpoints: int = _key(0, "keep only the newest N checkpoints; 0 keeps all")

@@ -19,6 +19,11 @@ class CheckpointError(FastcifarError):
     pass
 
 
+class Diverged(FastcifarError):
+    """A non-finite training or test loss (or weights): the run stopped, keeping its last good
+    checkpoint. Too high a learning rate, or too short a warm-up, is the usual cause."""
+
+
 def stderr_line(text: str) -> None:
     """Writes one line to stderr in a single write.
 

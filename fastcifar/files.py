@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 from pathlib import Path
 
@@ -28,3 +30,29 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries: a rename is durable across a power loss only once its folder is."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def finite_or_none(value):
+    """value with every NaN or infinite float, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def json_text(value, **kwargs) -> str:
+    """Strict JSON (RFC 8259): a non-finite float becomes null, where json.dumps would write a
+    bare NaN or Infinity that other parsers refuse."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)

@@ -109,7 +109,59 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_epoch(synthetic_roo
     summaries = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [(s["epochs"], s["finished"]) for s in summaries] == [(1, False), (1, False)]
     assert (tmp_path / "run" / "checkpoint_epoch0001.pt").is_file()
-    assert not (tmp_path / "run" / "summary.json").exists()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "stopped"
+
+
+def test_sigterm_to_torchrun_leaves_a_stopped_marker_and_no_traceback_of_ours(synthetic_root, tmp_path):
+    """torchrun exits 1 with its own SignalException traceback when signalled, whatever its workers
+    did; summary.json's status tells a clean stop from a crash."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stderr = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+         str(free_port()), "run.py", "configs/resnet20.yml",
+         *tiny_overrides(synthetic_root, run_dir, **{"train.epochs": 20, "train.checkpoint_every": 100})],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and '"loss"' in metrics.read_text()):  # inside epoch 1
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    err = (tmp_path / "stderr.txt").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["finished"], summary["world_size"]) == ("stopped", False, 2), err[-3000:]
+    assert (run_dir / f"checkpoint_epoch{summary['epochs']:04d}.pt").is_file()
+    assert err.count("run.py: stopped after epoch") == 1
+    project_frames = [line for line in err.splitlines()
+                      if line.strip().startswith("File ") and (str(REPO) in line or '"run.py"' in line)]
+    assert not project_frames, err[-3000:]
+    stopped = [json.loads(line) for line in metrics.read_text().splitlines() if '"stopped"' in line]
+    assert len(stopped) == 1 and stopped[0]["signal"] == "SIGTERM"
+
+
+def test_divergence_stops_every_rank_at_the_same_step(synthetic_root, tmp_path):
+    """The window's loss is summed over ranks before the check: no rank trains on while another
+    has stopped (it would wait in the next all-reduce until the timeout)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+         str(free_port()), "run.py", "configs/resnet20.yml",
+         *tiny_overrides(synthetic_root, run_dir, **{"optim.lr": 1e6, "train.epochs": 3})],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode != 0  # torchrun reports any non-zero worker status as its own 1
+    assert result.stderr.count("run.py: diverged: training loss is") == 1, result.stderr[-3000:]
+    assert "exitcode  : 4" in result.stderr or "exitcode: 4" in result.stderr.replace(" ", "")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["world_size"]) == ("diverged", 2)
+    assert not list(run_dir.glob("checkpoint_epoch*.pt"))
 
 
 def test_error_line_is_one_write(monkeypatch):

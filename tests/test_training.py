@@ -254,7 +254,8 @@ def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(syntheti
     epoch = stopped[0]["epoch"]
     assert 1 <= epoch < 4
     assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == [f"checkpoint_epoch{epoch:04d}.pt"]
-    assert not (run_dir / "summary.json").exists()  # written only by a finished run
+    summary = json.loads((run_dir / "summary.json").read_text())  # the marker a script can test
+    assert (summary["status"], summary["finished"], summary["epochs"]) == ("stopped", False, epoch)
 
     result = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -263,12 +264,16 @@ def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(syntheti
     assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0004.pt"]  # keep 1
 
 
-def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root, tmp_path):
+def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root, tmp_path, capsys):
     first = Trainer(tiny_config(synthetic_root, tmp_path / "run")).fit()
+    capsys.readouterr()
     again = Trainer(tiny_config(synthetic_root, tmp_path / "run", train__resume=True)).fit()
     assert again["finished"] and again["epochs"] == first["epochs"]
     assert again["final_top1"] == pytest.approx(first["final_top1"])
     assert again["final_top5"] == pytest.approx(first["final_top5"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("epoch 2/2")
+    assert f"test top-1 {first['final_top1']:.2f}%" in printed[0]
 
 
 def test_stop_handler_leaves_forked_workers_and_ignored_sigint_alone():
@@ -296,3 +301,265 @@ def test_stop_handler_leaves_forked_workers_and_ignored_sigint_alone():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_failed_checkpoint_save_leaves_no_temp_file_and_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_epoch0001.pt"
+    ckpt.save_checkpoint(path, {"epoch": 1})
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint(path, {"epoch": 2})
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert ckpt.load_checkpoint(path)["epoch"] == 1
+
+
+def test_checkpoint_save_fsyncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    ckpt.save_checkpoint(tmp_path / "c.pt", {"epoch": 1})
+    assert synced == ["file", "dir"]  # the folder after the rename, which made the name point at the file
+
+
+def test_resume_on_an_accelerator_loads_the_checkpoint_to_cpu(synthetic_root, tmp_path):
+    """On a GPU, loading to the device moved the RNG states there and their restore failed. The
+    meta device stands in for CUDA: nothing loaded onto it can be restored or copied."""
+    import dataclasses
+
+    Trainer(tiny_config(synthetic_root, tmp_path / "run", train__epochs=1)).fit()
+    saved = ckpt.load_checkpoint(tmp_path / "run" / "checkpoint_epoch0001.pt")
+    resumed = Trainer(tiny_config(synthetic_root, tmp_path / "run", train__epochs=1, train__resume=True))
+    resumed.dist = dataclasses.replace(resumed.dist, device=torch.device("meta"))
+    torch.manual_seed(12345)
+    resumed._prepare_run_dir()
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert_same_weights(ckpt.model_state(resumed.model), saved["model"])
+
+
+def test_resume_skips_a_damaged_latest_checkpoint_with_one_warning(synthetic_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3)).fit()
+    newest = run_dir / "checkpoint_epoch0003.pt"
+    newest.write_bytes(newest.read_bytes()[:5000])  # a copy cut off, a full disk
+    capsys.readouterr()
+    resumed = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__resume=True))
+    assert (resumed.epoch, resumed.step) == (2, 20)
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and "checkpoint_epoch0003.pt" in warnings[0] and len(warnings[0]) < 300
+    assert [r["checkpoint"] for r in records(run_dir) if r.get("event") == "resume"] == ["checkpoint_epoch0002.pt"]
+
+    for name in ("checkpoint_epoch0001.pt", "checkpoint_epoch0002.pt"):
+        (run_dir / name).write_bytes(b"")
+    with pytest.raises(CheckpointError) as error:
+        Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__resume=True))
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 400
+    assert all(f"checkpoint_epoch000{e}.pt" in message for e in (1, 2, 3)) and "no readable checkpoint" in message
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_stopped_by_sigterm_resumes(synthetic_root, tmp_path):
+    import signal
+
+    extra = dict(train__device="cuda", train__epochs=3, train__checkpoint_every=100)
+
+    def sigterm_after_epoch_one(record):
+        if record["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = Trainer(tiny_config(synthetic_root, tmp_path / "run", **extra)).fit(sigterm_after_epoch_one)
+    assert (stopped["epochs"], stopped["finished"]) == (1, False)
+    resumed = Trainer(tiny_config(synthetic_root, tmp_path / "run", train__resume=True, **extra))
+    assert resumed.epoch == 1 and resumed.dist.device.type == "cuda"
+    assert resumed.fit()["finished"]
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_text_writes_non_finite_floats_as_null():
+    from fastcifar.files import json_text
+
+    value = {"loss": float("nan"), "nested": [1.5, float("inf"), {"x": -float("inf")}], "n": 3}
+    assert strict_json(json_text(value)) == {"loss": None, "nested": [1.5, None, {"x": None}], "n": 3}
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    """Fault injection: from step 13 (epoch 2) the weights turn NaN, as after an exploding update."""
+    from fastcifar.errors import Diverged
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__log_every=3))
+
+    def explode(module, inputs):
+        if module.training and trainer.step + 1 >= 13:
+            with torch.no_grad():
+                next(module.parameters()).fill_(float("nan"))
+
+    trainer.model.register_forward_pre_hook(explode)
+    with pytest.raises(Diverged) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "\n" not in message and "at step 13" in message and "nan" in message  # window 11-13
+    assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0001.pt"]
+    kept = ckpt.load_checkpoint(run_dir / "checkpoint_epoch0001.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in kept.values() if v.is_floating_point())
+    summary = strict_json((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["finished"], summary["epochs"], summary["steps"]) == ("diverged", False, 1, 13)
+    log = [strict_json(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r.get("event") == "diverged"] == [13]
+
+
+def test_divergence_in_evaluation_is_caught_before_the_checkpoint(synthetic_root, tmp_path):
+    from fastcifar.errors import Diverged
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=1))
+
+    def poisoned_weights(record):  # the loss was finite, the update after it was not
+        with torch.no_grad():
+            trainer.model.fc.weight.fill_(float("inf"))
+
+    real_evaluate = trainer.evaluate
+    trainer.evaluate = lambda: (poisoned_weights(None), real_evaluate())[1]
+    with pytest.raises(Diverged, match=r"test loss is nan at step 10"):
+        trainer.fit()
+    assert not list(run_dir.glob("checkpoint_epoch*.pt"))
+
+
+def test_run_py_reports_a_real_divergence_with_its_own_exit_status(synthetic_root, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, tiny_overrides
+
+    from fastcifar.training.stopping import DIVERGED_EXIT
+
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "run.py", "configs/resnet20.yml",
+                             *tiny_overrides(synthetic_root, run_dir, **{"optim.lr": 1e6})],
+                            cwd=REPO, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == DIVERGED_EXIT == 4, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("run.py:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("run.py: diverged: training loss is nan at step ") or "inf at step" in lines[0]
+    assert strict_json((run_dir / "summary.json").read_text())["status"] == "diverged"
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        strict_json(line)
+    assert not list(run_dir.glob("checkpoint_epoch*.pt"))
+
+
+def test_max_steps_cuts_the_run_short_and_resume_continues_it(synthetic_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    summary = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__max_steps=15)).fit()
+    assert (summary["status"], summary["cut_short"], summary["finished"]) == ("cut_short", True, False)
+    assert (summary["steps"], summary["epochs"]) == (15, 1) and summary["final_top1"] is not None
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    # the partial epoch 2 is evaluated but not saved: a checkpoint holds whole epochs
+    assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0001.pt"]
+    log = records(run_dir)
+    assert [r["epoch"] for r in log if "train_loss" in r] == [1, 1.5]
+    assert [r["step"] for r in log if r.get("event") == "cut_short"] == [15]
+    assert "epoch 1.50/3 (cut short at train.max_steps=15)" in capsys.readouterr().out
+
+    resumed = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__resume=True))
+    assert (resumed.epoch, resumed.step) == (1, 10)
+    summary = resumed.fit()
+    assert (summary["status"], summary["steps"], summary["epochs"]) == ("finished", 30, 3)
+
+
+def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, tiny_overrides, write_npz
+
+    from fastcifar.training.stopping import INTERRUPTED_EXIT
+
+    root = write_npz(tmp_path / "data", "cifar10", 4000, 100)  # 500 steps an epoch: time for both signals
+    run_dir = tmp_path / "run"
+    stderr = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "run.py", "configs/resnet20.yml",
+                             *tiny_overrides(root, run_dir, **{"train.batch_size": 8})],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
+    while not (metrics.is_file() and '"loss"' in metrics.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    while "SIGINT: stopping" not in (tmp_path / "stderr.txt").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == INTERRUPTED_EXIT == 130
+    err = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("run.py: interrupted")
+    assert not list(run_dir.glob(".*tmp*"))
+
+
+def test_a_run_cut_short_evaluates_on_as_many_test_images_as_it_trained_on(synthetic_root, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = Trainer(tiny_config(synthetic_root, run_dir, train__max_steps=2, loader__eval_batch_size=50)).fit()
+    assert summary["cut_short"] and summary["steps"] == 2
+    assert [r["test_images"] for r in records(run_dir) if "test_images" in r] == [150]  # 2 x 64 -> 3 batches of 50
+
+
+@pytest.mark.slow
+def test_smoke_run_on_real_data_is_cut_short(real_cifar_root, tmp_path):
+    """The README's smoke run: seconds on two CPU cores (not timed here: the CPU may be shared)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run_dir = tmp_path / "smoke"
+    result = subprocess.run([sys.executable, "run.py", "configs/resnet20.yml", f"--data.root={real_cifar_root}",
+                             "--data.download=false", "--train.device=cpu", "--train.max_steps=10",
+                             "--train.batch_size=64", f"--train.run_dir={run_dir}", "--train.progress=false"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(cut short at train.max_steps=10)" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["final_top1"] is not None) == ("cut_short", 10, True)
+    assert [r["test_images"] for r in records(run_dir) if "test_images" in r] == [1000]
+
+
+def test_non_finite_weights_are_never_checkpointed(synthetic_root, tmp_path):
+    """An update after the last checked loss can still break the weights; with no evaluation that
+    epoch, the check before the checkpoint is the one that sees it."""
+    from fastcifar.errors import Diverged
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__eval_every=10))
+
+    def break_weights(record):
+        with torch.no_grad():
+            trainer.model.fc.bias.fill_(float("inf"))
+
+    with pytest.raises(Diverged, match=r"a weight is NaN or infinite at step 10 \(epoch 1\)"):
+        trainer.fit(break_weights)
+    assert not list(run_dir.glob("checkpoint_epoch*.pt"))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from fastcifar.errors import CheckpointError
+from fastcifar.files import fsync_dir
 
 _PREFIXES = ("module.", "_orig_mod.")
 _NAME = re.compile(r"checkpoint_epoch(\d+)\.pt$")
@@ -64,12 +65,14 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restores rng_state(); its tensors may have been loaded onto any device with data (numpy and
+    torch.set_rng_state take CPU tensors only)."""
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((kind, keys.cpu().numpy(), *rest))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _python_rng_tuple(state):
@@ -78,14 +81,20 @@ def _python_rng_tuple(state):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Temp file in the same folder, fsync, then rename: a crash never leaves a half checkpoint."""
+    """Temp file in the same folder, fsync, rename, fsync the folder: a crash never leaves a half
+    checkpoint, and a failed save (disk full, Ctrl-C) leaves no temp file either."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -95,7 +104,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        # torch's first line can run to hundreds of characters (zip internals): the cause's gist
+        detail = (str(e).splitlines() or [""])[0]
+        detail = detail if len(detail) <= 100 else detail[:97] + "..."
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {detail})") from None
     if isinstance(state, dict) and "rng" in state:
         state["rng"]["python"] = _python_rng_tuple(state["rng"]["python"])
     return state

@@ -15,6 +15,8 @@ from fastcifar.errors import stderr_line
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOPPED_EXIT = 3  # the exit status of a script stopped this way (run.py, time_to_accuracy.py)
+DIVERGED_EXIT = 4  # run.py: the loss became NaN or infinite; the last good checkpoint is kept
+INTERRUPTED_EXIT = 130  # run.py: a second Ctrl-C, as a shell reports a process killed by SIGINT
 
 
 class GracefulStop:

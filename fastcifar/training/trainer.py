@@ -5,7 +5,8 @@ It never branches on the loader backend: every loader yields ready (images, labe
 
 from __future__ import annotations
 
-import json
+import itertools
+import math
 import os
 import platform
 import time
@@ -18,8 +19,8 @@ from fastcifar import config as config_lib
 from fastcifar import distributed as dist_lib
 from fastcifar.config import Config
 from fastcifar.data import load_cifar
-from fastcifar.errors import ConfigError, DataError
-from fastcifar.files import write_text_atomic
+from fastcifar.errors import CheckpointError, ConfigError, DataError, Diverged, stderr_line
+from fastcifar.files import json_text, write_text_atomic
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training.engine import (
@@ -107,7 +108,7 @@ class Trainer:
         if self.cfg.train.resume:
             if latest is None:
                 raise ConfigError(f"train.resume: no checkpoint to resume from in {self.run_dir}")
-            state = ckpt.load_checkpoint(latest, map_location=self.dist.device)
+            latest, state = self._newest_readable_checkpoint()
             change = config_lib.recipe_change(state["config"], self.cfg) if "config" in state else None
             if change is not None:
                 raise ConfigError(f"train.resume: {latest} was trained with another recipe ({change}); "
@@ -122,7 +123,28 @@ class Trainer:
             name = "config.yaml"
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # summary.json says how the last process ended: a crash of this one must not leave
+            # an earlier "stopped" or "finished" standing
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
             config_lib.save(self.cfg, self.run_dir / name)
+
+    def _newest_readable_checkpoint(self) -> tuple[Path, dict]:
+        """The newest checkpoint that loads, warning of each newer one skipped (truncated by a full
+        disk, a copy cut off). Loaded to CPU, whatever the device: the RNG states must stay CPU
+        tensors, and load_state puts weights and optimizer state where the model lives."""
+        skipped = []
+        for _epoch, path in reversed(ckpt.checkpoints(self.run_dir)):
+            try:
+                state = ckpt.load_checkpoint(path, map_location="cpu")
+            except CheckpointError as e:
+                skipped.append(path.name)
+                if self.main:
+                    stderr_line(f"warning: {e}; skipped, resuming from an older checkpoint")
+                continue
+            return path, state
+        raise CheckpointError(f"train.resume: no readable checkpoint in {self.run_dir} "
+                              f"({', '.join(reversed(skipped))} could not be read); start a new "
+                              "--train.run_dir, or restore one of them")
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -156,7 +178,7 @@ class Trainer:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as f:  # appended: resumes keep history
-                f.write(json.dumps(record) + "\n")
+                f.write(json_text(record) + "\n")
 
     # ---- loop --------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -169,7 +191,7 @@ class Trainer:
         bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
                    disable=not (self.main and cfg.progress), leave=False, dynamic_ncols=True)
         start = window_start = time.perf_counter()
-        window_steps = 0
+        window_steps = done = 0
         for i, (images, labels) in enumerate(loader):
             lr = self.schedule(self.step)
             self.step_fn.set_lr(lr)
@@ -182,9 +204,15 @@ class Trainer:
             epoch_loss += loss
             self.step += 1
             window_steps += 1
+            done = i + 1
             bar.update(1)
-            if (i + 1) % cfg.log_every == 0 or i + 1 == steps:
-                mean_loss = (window_loss / window_steps).item()  # the one host sync per window
+            cut = self.step_limit_reached()
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps or cut:
+                # the one host sync per window; summed over ranks first, so that every rank sees
+                # the same loss and a divergence stops them all at the same step
+                window_loss = dist_lib.all_reduce_sum(window_loss)
+                mean_loss = (window_loss / (window_steps * self.dist.world_size)).item()
+                self.check_finite("training loss", mean_loss)
                 now = time.perf_counter()
                 ips = window_steps * cfg.batch_size / (now - window_start)
                 self.log_event({"step": self.step, "epoch": self.epoch + (i + 1) / steps,
@@ -192,71 +220,140 @@ class Trainer:
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4g}", img_s=f"{ips:,.0f}")
                 window_loss.zero_()
                 window_start, window_steps = now, 0
+            if cut:  # train.max_steps: the epoch in progress ends here
+                break
         if self.dist.device.type == "cuda":
             torch.cuda.synchronize(self.dist.device)
         seconds = time.perf_counter() - start
         bar.close()
-        epoch_loss = dist_lib.all_reduce_sum(epoch_loss) / (steps * self.dist.world_size)
+        epoch_loss = dist_lib.all_reduce_sum(epoch_loss) / (done * self.dist.world_size)
         self.train_seconds += seconds
-        return {"train_loss": epoch_loss.item(), "epoch_time_s": seconds,
-                "images_per_s": steps * cfg.batch_size / seconds}
+        record = {"train_loss": epoch_loss.item(), "epoch_time_s": seconds,
+                  "images_per_s": done * cfg.batch_size / seconds}
+        self.check_finite("training loss", record["train_loss"])
+        return {**record, "steps_done": done}
+
+    def step_limit_reached(self) -> bool:
+        return 0 < self.cfg.train.max_steps <= self.step
+
+    def check_finite(self, what: str, value: float) -> None:
+        """Raises Diverged for a NaN or infinite value. Every rank must see the same value (a
+        reduced one, or weights that DDP keeps equal), so that all stop together."""
+        if not math.isfinite(value):
+            raise Diverged(f"{what} is {value} at step {self.step} (epoch {self.epoch + 1}): the run "
+                           "diverged; lower optim.lr or lengthen schedule.warmup_epochs")
+
+    def check_weights(self) -> None:
+        """Before a checkpoint: a step can turn weights non-finite after the last loss was checked,
+        and such a checkpoint would replace a good one. One host sync per checkpoint."""
+        params = [p.detach() for p in self.model.parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all().item()
+        if not finite:
+            raise Diverged(f"a weight is NaN or infinite at step {self.step} (epoch {self.epoch}): the run "
+                           "diverged; lower optim.lr or lengthen schedule.warmup_epochs")
 
     def evaluate(self) -> dict:
+        """The test loss and accuracy. Cut short by train.max_steps, on as many test images as
+        the run trained on (whole batches, at most the test set): a smoke run on real data then
+        ends in seconds, and its summary says cut_short, so its accuracy is not read as a result."""
         average_buffers(self.model, self.dist.world_size)
         self.test_loader.set_epoch(self.epoch)
-        return self.evaluator(self.test_loader)
+        loader = self.test_loader
+        if self.step_limit_reached():
+            trained = self.cfg.train.max_steps * self.cfg.train.batch_size
+            batches = -(-trained // self.cfg.loader.eval_batch_size)  # the same count on every rank
+            loader = itertools.islice(loader, batches)
+        result = self.evaluator(loader)
+        self.check_finite("test loss", result["test_loss"])
+        return result
 
     def fit(self, on_epoch_end=None) -> dict:
-        """Train to train.epochs. on_epoch_end(record), if given, sees each epoch's record.
+        """Train to train.epochs, or to train.max_steps. on_epoch_end(record), if given, sees each
+        epoch's record.
 
         SIGTERM or Ctrl-C stops the run after the current epoch with a checkpoint saved; the
-        summary then says finished: false and --resume continues it. stop_requested says whether
-        a signal came at all, also one in the last epoch of a run that finished."""
+        summary then says finished: false, status "stopped", and --resume continues it.
+        stop_requested says whether a signal came at all, also one in the last epoch of a run
+        that finished. A NaN or infinite loss raises Diverged after writing a summary with
+        status "diverged"; no checkpoint of the diverged state is saved. summary.json is written
+        at every one of these ends (by rank 0), so that a script can tell them from a crash."""
         cfg = self.cfg.train
         last = {}
         start = time.perf_counter()
-        if self.epoch >= cfg.epochs:  # resumed after its last epoch: report the final model again
-            last = {**self.evaluate(), "epoch": self.epoch}
-        with GracefulStop(announce=self.main) as stop:
-            while self.epoch < cfg.epochs:
-                record = self.train_epoch()
-                self.epoch += 1
-                final = self.epoch == cfg.epochs
-                if final or self.epoch % cfg.eval_every == 0:
-                    record.update(self.evaluate())
-                record.update(epoch=self.epoch, step=self.step, lr=self.schedule(self.step - 1),
-                              train_seconds=self.train_seconds,
-                              wall_seconds=time.perf_counter() - start)  # this process, eval included
-                self.log_event(record)
-                if on_epoch_end is not None:
-                    on_epoch_end(record)
+        stop_requested = False
+        try:
+            if self.epoch >= cfg.epochs or self.step_limit_reached():
+                # resumed after its last step: report the final model again
+                last = {**self.evaluate(), "epoch": self.epoch}
                 if self.main:
-                    acc = f", test top-1 {record['top1']:.2f}%" if "top1" in record else ""
-                    print(f"epoch {self.epoch}/{cfg.epochs}: loss {record['train_loss']:.4f}, "
-                          f"{record['images_per_s']:,.0f} img/s{acc}", flush=True)
-                stopping = not final and stop.requested(self.dist.device)
-                if final or stopping or self.epoch % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-                last = record
-                if stopping:
-                    self.log_event({"event": "stopped", "signal": stop.signal_name or "another rank's",
-                                    "epoch": self.epoch, "step": self.step})
-                    break
-            # asked once more, on every rank: a signal in the last epoch ends no run, but a caller
-            # that runs several (time_to_accuracy.py) must stop before the next
-            stop_requested = stop.requested(self.dist.device)
-        summary = {**self.summary(last), "stop_requested": stop_requested}
-        if self.main and summary["finished"]:
-            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+                    cut = " (cut short at train.max_steps)" if self.epoch < cfg.epochs else ""
+                    print(f"epoch {self.epoch}/{cfg.epochs}{cut}, done before this resume: test top-1 "
+                          f"{last['top1']:.2f}%, top-5 {last['top5']:.2f}%", flush=True)
+            with GracefulStop(announce=self.main) as stop:
+                while self.epoch < cfg.epochs and not self.step_limit_reached():
+                    record = self.train_epoch()
+                    done = record.pop("steps_done")
+                    whole = done == len(self.train_loader)
+                    if whole:
+                        self.epoch += 1
+                    limited = self.step_limit_reached()
+                    final = self.epoch == cfg.epochs or limited
+                    if final or self.epoch % cfg.eval_every == 0:
+                        record.update(self.evaluate())
+                    epoch = self.epoch if whole else self.epoch + done / len(self.train_loader)
+                    record.update(epoch=epoch, step=self.step, lr=self.schedule(self.step - 1),
+                                  train_seconds=self.train_seconds,
+                                  wall_seconds=time.perf_counter() - start)  # this process, eval included
+                    self.log_event(record)
+                    if on_epoch_end is not None:
+                        on_epoch_end(record)
+                    if self.main:
+                        acc = f", test top-1 {record['top1']:.2f}%" if "top1" in record else ""
+                        cut_short = limited and self.epoch < cfg.epochs
+                        cut = f" (cut short at train.max_steps={cfg.max_steps})" if cut_short else ""
+                        shown = self.epoch if whole else f"{epoch:.2f}"
+                        print(f"epoch {shown}/{cfg.epochs}{cut}: loss {record['train_loss']:.4f}, "
+                              f"{record['images_per_s']:,.0f} img/s{acc}", flush=True)
+                    stopping = not final and stop.requested(self.dist.device)
+                    # a partial epoch cannot be resumed from (a checkpoint holds whole epochs)
+                    if whole and (final or stopping or self.epoch % cfg.checkpoint_every == 0):
+                        self.check_weights()
+                        self.save_checkpoint()
+                    last = record
+                    if limited:
+                        self.log_event({"event": "cut_short", "max_steps": cfg.max_steps,
+                                        "epoch": epoch, "step": self.step})
+                    if stopping:
+                        self.log_event({"event": "stopped", "signal": stop.signal_name or "another rank's",
+                                        "epoch": self.epoch, "step": self.step})
+                        break
+                # asked once more, on every rank: a signal in the last epoch ends no run, but a caller
+                # that runs several (time_to_accuracy.py) must stop before the next
+                stop_requested = stop.requested(self.dist.device)
+        except Diverged as e:
+            self.log_event({"event": "diverged", "error": str(e), "epoch": self.epoch, "step": self.step})
+            self.write_summary({**self.summary(last, "diverged"), "stop_requested": stop_requested})
+            raise
+        status = ("finished" if self.epoch >= cfg.epochs else
+                  "cut_short" if self.step_limit_reached() else "stopped")
+        summary = {**self.summary(last, status), "stop_requested": stop_requested}
+        self.write_summary(summary)
         return summary
 
-    def summary(self, last: dict) -> dict:
+    def write_summary(self, summary: dict) -> None:
+        if self.main:
+            write_text_atomic(self.run_dir / "summary.json", json_text(summary, indent=2) + "\n")
+
+    def summary(self, last: dict, status: str) -> dict:
+        """status: finished, cut_short (train.max_steps), stopped (a signal) or diverged."""
         return {
             "model": self.cfg.model.name,
             "dataset": self.cfg.data.dataset,
             "loader": self.cfg.loader.name,
-            "epochs": self.epoch,
-            "finished": self.epoch >= self.cfg.train.epochs,
+            "status": status,
+            "epochs": self.epoch,  # whole ones: a run cut short may have trained part of one more
+            "finished": status == "finished",
+            "cut_short": status == "cut_short",
             "steps": self.step,
             "final_top1": last.get("top1"),
             "final_top5": last.get("top5"),
