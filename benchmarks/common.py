@@ -4,8 +4,6 @@ fastcifar.flops, synthetic data in fastcifar.synthetic, what a figure depends on
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import statistics
 import time
@@ -119,9 +117,9 @@ def error_text(exc: BaseException) -> str:
 
 
 def write_json(path: Path | str, data: dict) -> Path:
-    from fastcifar.files import write_text_atomic  # a crash mid-write never leaves half a file
+    from fastcifar.files import json_text, write_text_atomic  # a crash mid-write never leaves half a file
 
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    return write_text_atomic(path, json_text(data, indent=2) + "\n")  # strict: null, never NaN
 
 
 def slug(text: str | None) -> str:

@@ -192,7 +192,7 @@ def settle(run: Run, returncode: int) -> None:
         text = (run.run_dir / "log.txt").read_bytes()[run.log_offset:].decode(errors="replace")
         lines = [line for line in text.splitlines() if line.strip()]
         run.error_tail = lines[-10:]
-        errors = [line for line in lines if line.startswith("run.py: error:")]
+        errors = [line for line in lines if line.startswith(("run.py: error:", "run.py: diverged:"))]
         run.error = (errors[-1] if errors else f"killed by {signal.Signals(-returncode).name}" if returncode < 0
                      else f"exit status {returncode}" + (f": {lines[-1]}" if lines else ""))
     log(f"{run.name}: {run.state}" + (f" ({run.error})" if run.error else ""))

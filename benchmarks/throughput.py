@@ -29,6 +29,8 @@ from fastcifar.environment import environment
 from fastcifar.errors import FastcifarError
 from fastcifar.models import PAPER_DEPTHS, build_model
 from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
+from fastcifar.training.graph import build_train_step
+from fastcifar.training.prefetch import prefetch
 
 SCHEMA_VERSION = 2
 SUSPECT_RATIO = 1.1  # end to end can at best equal the model alone; beyond noise, a figure is wrong
@@ -88,12 +90,13 @@ def make_config(args, depth: int, loader: str, batch: int, seed_style: bool = Fa
 
 
 def build_step(cfg, device: torch.device) -> TrainStep:
-    """The trainer's own step (fastcifar.training.engine), so the figures are the trainer's."""
+    """The trainer's own step (fastcifar.training.engine; a whole-step CUDA graph under
+    --train.cuda_graph=true), so the figures are the trainer's."""
     runtime = resolve_runtime(cfg.train, device)
     model = build_model(cfg.model.name, 10, cfg.model.shortcut)
     _, train_model = prepare_model(model, runtime, distributed=False)
     train_model.train()
-    return TrainStep(train_model, build_optimizer(model, cfg.optim), runtime, cfg.optim.label_smoothing)
+    return build_train_step(train_model, build_optimizer(model, cfg.optim, runtime), runtime, cfg.optim.label_smoothing)
 
 
 def endless(loader):
@@ -175,7 +178,8 @@ def bench_loader(args, cfg, step, data, counts: dict, alone: bool = True) -> dic
         entry["error"] = common.error_text(e)
         log(f"  {name}: unavailable: {entry['error']}")
         return entry
-    warmup, total, batches = max(args.warmup, len(loader)), torch.zeros((), device=args.device), endless(loader)
+    warmup, total = max(args.warmup, len(loader)), torch.zeros((), device=args.device)
+    batches = endless(prefetch(loader, args.device))  # as the trainer iterates it: one batch ahead on CUDA
 
     def touch():  # every pixel reduced on the device, so lazy pipelines finish their work
         total.add_(sum(t.float().sum() for t in next(batches)))

@@ -22,11 +22,11 @@ from benchmarks import common, report
 from fastcifar import config as config_lib
 from fastcifar import distributed as dist_lib
 from fastcifar.environment import environment
-from fastcifar.errors import FastcifarError, stderr_line
+from fastcifar.errors import Diverged, FastcifarError, stderr_line
 from fastcifar.models import PAPER_DEPTHS
 from fastcifar.synthetic import write_npz
 from fastcifar.training import Trainer
-from fastcifar.training.stopping import STOPPED_EXIT
+from fastcifar.training.stopping import DIVERGED_EXIT, STOPPED_EXIT
 
 SCHEMA_VERSION = 2
 RECIPES = common.REPO / "configs" / "fast"
@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_main:
             stderr_line(str(e))
         return STOPPED_EXIT
+    except Diverged as e:  # every rank saw the same reduced loss, so every rank is here
+        stderr_line(f"time_to_accuracy.py: diverged: {e}")
+        return DIVERGED_EXIT
     except FastcifarError as e:
         stderr_line(f"time_to_accuracy.py: error: {e}")
         return 2

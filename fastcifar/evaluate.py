@@ -14,13 +14,13 @@ same figure on any machine, up to floating-point summation order.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastcifar.distributed import DEVICE_CHOICES, resolve_device
 from fastcifar.errors import FastcifarError, stderr_line
+from fastcifar.files import json_text
 from fastcifar.scoring import evaluate_model
 
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.model or name
     result = {"model": label, "dataset": run.dataset, "weights": source, **result}
     if args.json:
-        print(json.dumps(result))
+        print(json_text(result))
     else:
         print(f"{label} ({source}): top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}% "
               f"on {result['images']} {SPECS[run.dataset].name} test images")

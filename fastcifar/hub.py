@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from fastcifar.errors import CheckpointError, FastcifarError
-from fastcifar.files import file_digest, write_text_atomic
+from fastcifar.files import file_digest, json_text, write_text_atomic
 from fastcifar.models import PAPER_DEPTHS, build_model
 from fastcifar.scoring import evaluate_model
 from fastcifar.training import checkpoint as ckpt
@@ -213,7 +213,7 @@ def export_weights(source: str | Path, name: str, data_root: str | Path,
     old = manifest["weights"].get(name, {}).get("file")
     manifest["weights"][name] = entry
     manifest["weights"] = dict(sorted(manifest["weights"].items()))
-    write_text_atomic(weights_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(weights_dir / MANIFEST, json_text(manifest, indent=2) + "\n")
     if old and old != final.name:
         (weights_dir / old).unlink(missing_ok=True)
     return entry

@@ -21,13 +21,12 @@ from fastcifar.training.engine import (
     TrainStep,
     average_buffers,
     build_optimizer,
-    build_train_step,
     evaluate,
     prepare_model,
     resolve_runtime,
     sgd_implementation,
 )
-from fastcifar.training.graph import GraphedTrainStep
+from fastcifar.training.graph import GraphedTrainStep, build_train_step
 from fastcifar.training.prefetch import Prefetcher, prefetch
 
 CPU = torch.device("cpu")

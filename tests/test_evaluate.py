@@ -22,7 +22,7 @@ MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # CIFAR-100's, n
 
 @pytest.fixture(scope="module")
 def cifar100_root(tmp_path_factory):
-    return write_npz(tmp_path_factory.mktemp("c100"), "cifar100", 10, 60, num_classes=100)
+    return write_npz(tmp_path_factory.mktemp("c100"), "cifar100", 10, 60)  # 100 classes, as the name says
 
 
 def run_config(**model) -> config_lib.Config:

@@ -225,16 +225,6 @@ class TrainStep:
         self._install_lr()
 
 
-def build_train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, runtime: Runtime,
-                     label_smoothing: float = 0.0) -> TrainStep:
-    """The step runtime asks for: a whole-step CUDA graph (train.cuda_graph) or the plain step."""
-    if runtime.cuda_graph:
-        from fastcifar.training.graph import GraphedTrainStep
-
-        return GraphedTrainStep(train_model, optimizer, runtime, label_smoothing)
-    return TrainStep(train_model, optimizer, runtime, label_smoothing)
-
-
 @torch.no_grad()
 def average_buffers(model: nn.Module, world_size: int) -> None:
     """Average BN running statistics over ranks (they drift apart without forward buffer sync):
@@ -280,7 +270,7 @@ class Evaluator:
         return self.static_logits
 
     def _capture(self, images: torch.Tensor) -> None:
-        from fastcifar.training.graph import capture
+        from fastcifar.training.capture import capture
 
         self.static_images = images.clone()
 

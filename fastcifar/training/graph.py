@@ -19,29 +19,8 @@ import torch
 import torch.nn as nn
 
 from fastcifar.errors import ConfigError
+from fastcifar.training.capture import CAPTURE_MODE
 from fastcifar.training.engine import Runtime, TrainStep
-
-
-def capture(fn, warmup: int = 3):
-    """-> (graph, output): fn run `warmup` times on a side stream (autotuning, lazy
-    initialisation and compilation happen outside the capture), then captured once. The graph
-    has not run yet: replay it to get output."""
-    current = torch.cuda.current_stream()
-    side = torch.cuda.Stream()
-    side.wait_stream(current)
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    current.wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
-        out = fn()
-    return graph, out
-
-
-# "thread_local": a pinned-memory allocation by the torchvision DataLoader's pin-memory thread during
-# capture would, in the default "global" mode, invalidate the capture (and poison that thread)
-CAPTURE_MODE = "thread_local"
 
 
 class GraphedTrainStep(TrainStep):
@@ -136,3 +115,11 @@ class GraphedTrainStep(TrainStep):
             s["momentum_buffer"] = held[p]
         if set(held) != set(self.optimizer.state):
             self.reset()
+
+
+def build_train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer, runtime: Runtime,
+                     label_smoothing: float = 0.0) -> TrainStep:
+    """The step runtime asks for: a whole-step CUDA graph (train.cuda_graph) or the plain step."""
+    if runtime.cuda_graph:
+        return GraphedTrainStep(train_model, optimizer, runtime, label_smoothing)
+    return TrainStep(train_model, optimizer, runtime, label_smoothing)

@@ -27,10 +27,10 @@ from fastcifar.training.engine import (
     Evaluator,
     average_buffers,
     build_optimizer,
-    build_train_step,
     prepare_model,
     resolve_runtime,
 )
+from fastcifar.training.graph import build_train_step
 from fastcifar.training.prefetch import prefetch
 from fastcifar.training.schedule import LRSchedule
 from fastcifar.training.stopping import GracefulStop
