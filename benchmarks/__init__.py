@@ -1,1 +1,1 @@
-"""The benchmark scripts and their shared helpers (common.py); installed with the project, so scripts and tests import them."""
+"""The benchmark scripts and their shared helpers (common.py), installed with the project."""

@@ -1,11 +1,10 @@
-"""What the benchmark scripts share: options, timing and statistics, output. Model costs live in
-fastcifar.flops, synthetic data in fastcifar.synthetic, what a figure depends on in fastcifar.environment."""
-
-from __future__ import annotations
+"""What the benchmark scripts share: options, timing and statistics, output."""
 
 import argparse
+import functools
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ BASE_CONFIG = REPO / "configs" / "resnet20.yml"  # lists every key; model and lo
 PAPER_TOP1 = {20: 91.25, 32: 92.49, 44: 92.83, 56: 93.03, 110: 93.39, 1202: 92.07}
 PAPER_TABLE_DEPTHS = (20, 32, 44, 56, 110)
 OVERRIDE = re.compile(r"^--[A-Za-z_]\w*\.[A-Za-z_]\w*=")  # --section.key=value
+log = functools.partial(print, file=sys.stderr, flush=True)
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -66,6 +66,15 @@ def depth(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e) if isinstance(e, ConfigError) else f"expected a depth, got {text!r}")
 
 
+def add_run_options(p: argparse.ArgumentParser, data: tuple[str, str], depths) -> None:
+    """The options throughput.py and time_to_accuracy.py share; `data` lists the choices, default first."""
+    p.add_argument("--depths", type=depth, nargs="+", default=list(depths), help="depths (6n+2)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--data", choices=data, default=data[0], help="synthetic: random, or learnable for training")
+    p.add_argument("--synthetic-size", type=positive_int, default=50_000, help="synthetic train images")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<kind>-<device>.json")
+
+
 def overrides(**values) -> list[str]:
     """--section.key=value from keywords written section__key=value."""
     text = {True: "true", False: "false"}
@@ -78,8 +87,7 @@ def device_name(device: torch.device) -> str:
 
 # ---- timing and statistics -----------------------------------------------------------------------
 def timed(run, device: torch.device, repeats: int = 1) -> list[float]:
-    """Seconds of each call of run(), between two device syncs. Wall clock rather than CUDA events:
-    loaders work partly on the host, which events on one stream would not see."""
+    """Seconds of each call of run(), between two device syncs (wall clock: loaders work partly on the host)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _device: None
     out = []
     for _ in range(repeats):
@@ -116,6 +124,13 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def result(kind: str, schema_version: int, **fields) -> dict:
+    """A result file's head: its kind, schema and what the figures depend on (fastcifar.environment)."""
+    from fastcifar.environment import environment
+
+    return {"kind": kind, "schema_version": schema_version, **fields, "environment": environment()}
+
+
 def write_json(path: Path | str, data: dict) -> Path:
     from fastcifar.files import json_text, write_text_atomic  # a crash mid-write never leaves half a file
 
@@ -126,6 +141,10 @@ def slug(text: str | None) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
     out = "".join(c if c.isalnum() else "-" for c in (text or "cpu").lower())
     return "-".join(part for part in out.split("-") if part) or "cpu"
+
+
+def out_path(kind: str, device: torch.device, suffix: str = "") -> Path:
+    return RESULTS_DIR / f"{kind}-{slug(device_name(device))}{suffix}.json"
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -1,11 +1,8 @@
-#!/usr/bin/env python
 """Ship the median-seed model of each depth as pretrained weights (fastcifar/weights/): the paper runs
 (reproduce.py) ranked by final test top-1, the median (lower middle; ties by seed) exported from
 <weights-from>/resnet<D>-seed<S>.pt by fastcifar.hub.export_weights (strict load, sha256 name, CPU
 fp32 accuracy in the manifest).   python benchmarks/export_weights.py --weights-from runs/paper --data-root data
 """
-
-from __future__ import annotations
 
 import sys
 from pathlib import Path

@@ -1,15 +1,9 @@
 #!/usr/bin/env bash
-# On a machine with a CUDA GPU, from the repository root: validate the whole path, then measure.
-#
-#   bash benchmarks/gpu_suite.sh validate                       # CUDA tests, one-epoch runs under torchrun
-#   bash benchmarks/gpu_suite.sh throughput [throughput.py options]
-#   bash benchmarks/gpu_suite.sh tta [time_to_accuracy.py options]
-#   bash benchmarks/gpu_suite.sh paper [reproduce.py options]   # again until every run is finished
-#
-# OUT (default ./gpu_out): the output folder (suite.log, one JSON per part, the paper results and weights).
-# DATA_ROOT (default ./data): CIFAR-10. RUNS (default ./gpu_runs): run directories, kept between calls.
-# LIMIT (default 540): seconds a step may take; one that ignores SIGTERM is killed 30 s later. The
-# paper runs stop with a checkpoint LIMIT - 120 s after the start, and the next call resumes them.
+# On a CUDA machine, from the repository root: bash benchmarks/gpu_suite.sh validate|throughput|tta|paper [options]
+# validate: CUDA tests and one-epoch runs under torchrun; the others pass options to their script; call paper
+# again until every run is finished. OUT (./gpu_out): logs and results; DATA_ROOT (./data); RUNS (./gpu_runs): run
+# directories, kept between calls; LIMIT (540): seconds a step may take (killed 30 s later); the paper runs stop
+# with a checkpoint LIMIT - 120 s after the start, and the next call resumes them.
 set -uo pipefail
 part=${1:?usage: gpu_suite.sh validate|throughput|tta|paper [options]}
 shift
@@ -29,8 +23,8 @@ case $part in
     step cuda-tests python3 -m pytest -q -rs -m cuda tests
     for loader in torchvision torch-gpu dali; do
       rm -rf "$RUNS/epoch-$loader"  # a fresh run each call, never an earlier call's summary
-      step "epoch-$loader" torchrun --nproc_per_node=1 run.py configs/resnet20.yml --train.epochs=1 --train.progress=false \
-        --data.root="$DATA_ROOT" --train.run_dir="$RUNS/epoch-$loader" --loader.name=$loader
+      step "epoch-$loader" torchrun --nproc_per_node=1 run.py configs/resnet20.yml --train.epochs=1 \
+        --train.progress=false --data.root="$DATA_ROOT" --train.run_dir="$RUNS/epoch-$loader" --loader.name=$loader
       cp "$RUNS/epoch-$loader/summary.json" "$OUT/epoch-$loader.json"
     done ;;
   throughput) step throughput python3 -m benchmarks.throughput --data cifar10 --data.root="$DATA_ROOT" \

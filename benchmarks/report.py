@@ -1,13 +1,9 @@
-#!/usr/bin/env python
-"""Markdown tables and throughput plots from benchmark results, training curves of run directories
-(e.g. time_to_accuracy.py --curves runs), and the README's generated sections: between <!-- BEGIN
-GENERATED: K --> and <!-- END GENERATED: K --> for K in throughput, time_to_accuracy and paper.
+"""Tables and throughput plots from benchmark results into report.md and the README's sections between
+<!-- BEGIN GENERATED: K --> and <!-- END GENERATED: K --> (K: throughput, time_to_accuracy, paper); training curves.
 
     python benchmarks/report.py --readme README.md       # benchmarks/results/*.json -> report.md, PNGs, README
     python benchmarks/report.py --runs runs/resnet56 runs/resnet20 --curves curves.png   # training curves
 """
-
-from __future__ import annotations
 
 import os
 import re
@@ -19,7 +15,9 @@ from benchmarks import common
 from fastcifar import rundir
 from fastcifar.files import write_text_atomic
 
-MARKERS = {"throughput": "throughput", "time_to_accuracy": "time_to_accuracy", "paper_run": "paper"}
+# result kind -> (README marker, report.md title)
+SECTIONS = {"throughput": ("throughput", "Throughput"), "time_to_accuracy": ("time_to_accuracy", "Time to accuracy"),
+            "paper_run": ("paper", "Reproducing the paper's table")}
 DASH = "—"
 # CIFAR-10 test top-1 (%): akamaster/pytorch_resnet_cifar10's best epochs, and this project's aim for finals.
 AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
@@ -42,7 +40,9 @@ def median(fig, key: str) -> str:
 
 
 def mean_std(stat: dict | None, digits: int = 1, unit: str = "") -> str:
-    return DASH if not stat or stat.get("mean") is None else f"{stat['mean']:,.{digits}f} ± {stat['std']:,.{digits}f}{unit}"
+    if not stat or stat.get("mean") is None:
+        return DASH
+    return f"{stat['mean']:,.{digits}f} ± {stat['std']:,.{digits}f}{unit}"
 
 
 def on(value) -> str:
@@ -51,13 +51,14 @@ def on(value) -> str:
 
 def header(result: dict) -> str:
     env = result.get("environment", {})
-    device = (f"{env['gpu_count']} x " if env.get("gpu_count", 0) > 1 else "") + (env.get("gpu") or env.get("cpu") or "cpu")
+    device = env.get("gpu") or env.get("cpu") or "cpu"
+    device = f"{env['gpu_count']} x {device}" if env.get("gpu_count", 0) > 1 else device
     git = env.get("git") or {}
-    parts = [f"torch {env.get('torch', '?')}", *(f"{k} {env[v]}" for k, v in (("CUDA", "cuda"), ("driver", "driver"))
-                                                 if env.get(v)), *([env["dali"]] if env.get("dali") else [])]
+    parts = [f"torch {env.get('torch', '?')}", *(f"{k} {env[k.lower()]}" for k in ("CUDA", "driver")
+                                                 if env.get(k.lower())), *([env["dali"]] if env.get("dali") else [])]
     return (f"**{device}**, {', '.join(parts)}; {env.get('date', '?')}, commit {(git.get('commit') or 'unknown')[:10]}"
-            f"{' (dirty)' if git.get('dirty') else ''}{'' if result.get('complete', True) else ' (incomplete run)'}.  \n"
-            f"`{env.get('command', '?')}`")
+            f"{' (dirty)' if git.get('dirty') else ''}"
+            f"{'' if result.get('complete', True) else ' (incomplete run)'}.  \n`{env.get('command', '?')}`")
 
 
 # ---- throughput ------------------------------------------------------------------------------------
@@ -79,8 +80,9 @@ def throughput_markdown(result: dict) -> str:
         for b in bs:
             m, c = b["model_alone"], b["model_alone"].get("compile_seconds")
             compile_ = f"{c['cold']:.1f} / {c['warm']:.1f}" if c else num(m.get("compile_estimate"), 1, " (estimate)")
-            model_rows.append([r["depth"], b["batch_size"], num(r["params"]), f"{r['macs_per_image'] / 1e6:,.1f} M", rate(m),
-                               median(m, "tflops"), num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
+            model_rows.append([r["depth"], b["batch_size"], num(r["params"]), f"{r['macs_per_image'] / 1e6:,.1f} M",
+                               rate(m), median(m, "tflops"),
+                               num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
                                num(m.get("bandwidth_fraction") and 100 * m["bandwidth_fraction"], 0, "%"), compile_,
                                num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, 2)])
             for name, e in b["loaders"].items():
@@ -91,15 +93,16 @@ def throughput_markdown(result: dict) -> str:
                                     num(rel, 2, " (suspect)" if e.get("suspect") else ""),
                                     median(e["end_to_end"], "tflops"), num(speed, 1, "x")])
         if base:
-            st = base["setting"]
-            loader_rows.append([r["depth"], st["batch_size"], f"seed-style (torchvision, {st['workers']} workers, fp32, "
-                                f"NCHW, eager; model alone {rate(base['model_alone'])})", DASH, rate(base["end_to_end"]),
-                                num(base.get("ratio_end_to_end_to_model"), 2), median(base["end_to_end"], "tflops"), "1.0x"])
+            st, e2e = base["setting"], base["end_to_end"]
+            loader_rows.append([r["depth"], st["batch_size"], f"seed-style (torchvision, {st['workers']} workers, "
+                                f"fp32, NCHW, eager; model alone {rate(base['model_alone'])})", DASH, rate(e2e),
+                                num(base.get("ratio_end_to_end_to_model"), 2), median(e2e, "tflops"), "1.0x"])
     return "\n".join([
-        header(result), "", f"amp {cfg['amp']}, compile {on(cfg['compile'])}, channels_last {on(cfg['channels_last'])}, "
-        f"CUDA graph {on(cfg.get('cuda_graph'))}, {s['workers']} torchvision workers, {s['data']} data; median (min–max) "
-        f"images/s over {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up steps (loader-fed: at least an "
-        "epoch). TFLOP/s counts 3x the forward FLOPs; MB/image is an estimate (see the JSON's bytes_convention), "
+        header(result), "", f"amp {cfg['amp']}, compile {on(cfg['compile'])}, channels_last "
+        f"{on(cfg['channels_last'])}, CUDA graph {on(cfg.get('cuda_graph'))}, {s['workers']} torchvision workers, "
+        f"{s['data']} data; median (min–max) images/s over {s['repeats']} x {s['steps']} steps after {s['warmup']} "
+        "warm-up steps (loader-fed: at least an epoch). TFLOP/s counts 3x the forward FLOPs; MB/image is an estimate "
+        "(see the JSON's bytes_convention), "
         f"against a peak bandwidth of {num(bw and bw / 1e12, 2, ' TB/s') if bw else 'unknown'}. Compile: first step "
         "minus a typical one, cold / warm inductor cache; empty when off.", "",
         common.markdown_table(["depth", "batch", "params", "MACs/image", "model alone (img/s)", "TFLOP/s",
@@ -109,12 +112,16 @@ def throughput_markdown(result: dict) -> str:
 
 
 def throughput_plot(result: dict, path: Path) -> Path:
-    groups = [(f"ResNet-{r['depth']}\nbatch {b['batch_size']}", b) for r in result["results"] for b in batches(result, r)]
+    groups = [(f"ResNet-{r['depth']}\nbatch {b['batch_size']}", b) for r in result["results"]
+              for b in batches(result, r)]
     series = {"model alone": [b["model_alone"] for _, b in groups], **{
-        f"{n} end to end": [b["loaders"].get(n, {}).get("end_to_end") for _, b in groups] for n in result["settings"]["loaders"]}}
-    series = {k: [(j, f["images_per_s"]) for j, f in enumerate(v) if f and "images_per_s" in f] for k, v in series.items()}
+        f"{n} end to end": [b["loaders"].get(n, {}).get("end_to_end") for _, b in groups]
+        for n in result["settings"]["loaders"]}}
+    series = {k: [(j, f["images_per_s"]) for j, f in enumerate(v) if f and "images_per_s" in f]
+              for k, v in series.items()}
     series = {k: v for k, v in series.items() if v}  # an unavailable loader: no bars
-    fig, ax = pyplot().subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
+    fig = figure(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
+    ax = fig.subplots()
     width = 0.8 / max(1, len(series))
     for i, (label, pts) in enumerate(series.items()):
         ax.bar([j + (i - (len(series) - 1) / 2) * width for j, _ in pts], [r["median"] for _, r in pts], width,
@@ -139,15 +146,15 @@ def time_to_accuracy_markdown(result: dict) -> str:
         t, recipes = d["time_to_target"], [r for r in d["recipes"] if r["final_top1"].get("mean") is not None]
         chosen = d["recipes"][t["recipe"]] if t["recipe"] is not None else max(
             recipes, key=lambda r: r["final_top1"]["mean"], default=None) or {}
-        rows.append([d["depth"], f"{Path(chosen['config']).name}, {chosen['epochs']} epochs, batch {chosen['batch_size']}"
-                     if chosen else DASH, chosen.get("seeds", 0), mean_std(chosen.get("final_top1"), 2, "%"), time_cell(t),
-                     time_cell(t, "wall_seconds_without_compile") if t["status"] == "reached" else DASH,
+        name = chosen and f"{Path(chosen['config']).name}, {chosen['epochs']} epochs, batch {chosen['batch_size']}"
+        rows.append([d["depth"], name or DASH, chosen.get("seeds", 0), mean_std(chosen.get("final_top1"), 2, "%"),
+                     time_cell(t), time_cell(t, "wall_seconds_without_compile") if t["status"] == "reached" else DASH,
                      mean_std(chosen.get("compile_seconds"), 0, " s"), num(d.get("paper_top1"), 2),
                      time_cell(d.get("time_to_paper"))])
     return "\n".join([header(result), "", f"Target {s['target']}% test top-1 on {s['data']}, {s['seeds']} seed(s) per "
                       f"recipe, {s['world_size']} process(es). Time to target: wall time of the fastest recipe whose "
-                      "MEAN FINAL accuracy reaches it (mean ± std over seeds), with and without compile time (measured, "
-                      "cold cache each run).", "", common.markdown_table(
+                      "MEAN FINAL accuracy reaches it (mean ± std over seeds), with and without compile time "
+                      "(measured, cold cache each run).", "", common.markdown_table(
                           ["depth", "recipe", "seeds", "final top-1", f"time to {s['target']:g}%", "without compile",
                            "compile", "paper top-1", "time to paper top-1"], rows)])
 
@@ -158,7 +165,8 @@ def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
     latest: dict[tuple[int, int], dict] = {}
     for r in results:
         key = (r["depth"], r["seed"])
-        if r.get("dataset", "cifar10") == "cifar10" and r.get("finished_at", "") >= latest.get(key, {}).get("finished_at", ""):
+        newer = r.get("finished_at", "") >= latest.get(key, {}).get("finished_at", "")
+        if r.get("dataset", "cifar10") == "cifar10" and newer:
             latest[key] = r
     by_depth: dict[int, list[dict]] = {}
     for (depth, _seed), r in sorted(latest.items()):
@@ -197,11 +205,13 @@ def paper_markdown(results: list[dict]) -> str:
 # ---- training curves and files ---------------------------------------------------------------------
 def curves_plot(run_dirs: list[Path], path: Path) -> Path:
     """Train loss and learning rate (every logged step) and test top-1 (evaluated epochs) of each run."""
-    fig, axes = pyplot().subplots(1, 3, figsize=(13, 4))
+    fig = figure(figsize=(13, 4))
+    axes = fig.subplots(1, 3)
     for i, run_dir in enumerate(run_dirs):
         records = rundir.records(run_dir)
         steps, evals = [r for r in records if "event" not in r and "loss" in r], rundir.epochs(records)
-        for ax, pts in ((axes[0], [(r["epoch"], r["loss"]) for r in steps] or [(r["epoch"], r["train_loss"]) for r in evals]),
+        losses = [(r["epoch"], r["loss"]) for r in steps] or [(r["epoch"], r["train_loss"]) for r in evals]
+        for ax, pts in ((axes[0], losses),
                         (axes[1], [(r["epoch"], r["lr"]) for r in steps or evals if "lr" in r]),
                         (axes[2], [(r["epoch"], r["top1"]) for r in evals if r.get("top1") is not None])):
             if pts:
@@ -212,26 +222,22 @@ def curves_plot(run_dirs: list[Path], path: Path) -> Path:
     return save(fig, path)
 
 
-def pyplot():
-    import matplotlib
+def figure(**kwargs):
+    from matplotlib.figure import Figure  # no pyplot: no display, nothing global to close
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    pyplot().close(fig)
     return path
 
 
 def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
     """Results by kind, newest first; other files are skipped, with a note unless reproduce.py's status."""
-    found: dict[str, list] = {k: [] for k in MARKERS}
+    found: dict[str, list] = {k: [] for k in SECTIONS}
     for path in paths:
         data = rundir.read_json(path)
         kind = data.get("kind") if isinstance(data, dict) else None
@@ -263,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, nargs="+", default=[], help="run directories whose curves --curves draws")
     p.add_argument("--curves", type=Path, default=None, help="PNG of the --runs' training curves")
     args = p.parse_args(argv)
-    missing = [f for f in [*args.files, *(r / "metrics.jsonl" for r in args.runs), args.readme] if f and not f.is_file()]
+    missing = [f for f in [*args.files, *(r / "metrics.jsonl" for r in args.runs), args.readme]
+               if f and not f.is_file()]
     if missing or bool(args.runs) != bool(args.curves):
         p.error(f"{missing[0]}: no such file" if missing else "--runs and --curves go together")
     if args.curves:
@@ -278,17 +285,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report.py: no plots ({e})", file=sys.stderr)
         plots = {}
     text = args.readme.read_text() if args.readme else ""
-    for kind, marker in MARKERS.items() if args.readme else ():
+    for kind, (marker, _title) in SECTIONS.items() if args.readme else ():
         begin, end = f"<!-- BEGIN GENERATED: {marker} -->", f"<!-- END GENERATED: {marker} -->"
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if not pattern.search(text):
             p.error(f"{args.readme} has no '{begin}' ... '{end}' markers")
         body = section(kind, found[kind], plots, args.readme.resolve().parent)
         text = pattern.sub(lambda _m: f"{begin}\n{body}\n{end}", text, count=1)
-    titles = {"throughput": "Throughput", "time_to_accuracy": "Time to accuracy", "paper_run": "Reproducing the paper's table"}
-    write_text_atomic(args.out_dir / "report.md", "# Benchmark results\n\nGenerated by `python benchmarks/report.py` from "
-                      "the JSON files beside this one.\n" + "".join(
-                          f"\n## {titles[k]}\n\n{section(k, found[k], plots, args.out_dir.resolve())}\n" for k in MARKERS))
+    write_text_atomic(args.out_dir / "report.md", "# Benchmark results\n\nGenerated by `python benchmarks/report.py` "
+                      "from the JSON files beside this one.\n" + "".join(
+                          f"\n## {title}\n\n{section(k, found[k], plots, args.out_dir.resolve())}\n"
+                          for k, (_marker, title) in SECTIONS.items()))
     if args.readme:
         write_text_atomic(args.readme, text)
     print(f"report.py: {', '.join(f'{len(v)} {k}' for k, v in found.items())} -> {args.out_dir / 'report.md'}"

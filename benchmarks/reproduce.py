@@ -1,20 +1,11 @@
-#!/usr/bin/env python
-"""He et al. 2016's CIFAR-10 table, honestly: several seeds per depth, each trained to its last epoch with
-the seed recipe (configs/resnet<depth>.yml), and its FINAL epoch's test accuracy reported (the best seen
-is recorded, labelled as not used for selection). Each (depth, seed) is one `python run.py` process in
-<runs-dir>/resnet<depth>-seed<seed>, up to --parallel at once. At --deadline every run gets SIGTERM,
-saves a checkpoint after its epoch and stops (SIGKILL --grace s later); the same command again resumes
-the runs, collects finished ones and starts nothing that is done. SIGTERM or Ctrl-C to this script acts
-as the deadline; a second Ctrl-C kills the runs. --section.key=value goes to every run.
+"""He et al. 2016's CIFAR-10 table: each (depth, seed) one `run.py` process with configs/resnet<depth>.yml in
+<runs-dir>/resnet<depth>-seed<seed>, --parallel at once, its FINAL test accuracy reported. At --deadline (or
+SIGTERM, Ctrl-C) the runs checkpoint and stop; the same command again resumes them. --section.key=value goes
+to every run. Writes <out>/<date>_<gpu>_paper_resnet<depth>_seed<seed>.json per finished run, its weights as
+<runs-dir>/resnet<depth>-seed<seed>.pt and <out>/reproduce_status.json. Exit status 1 when a run failed.
 
     python benchmarks/reproduce.py --depths 20 32 44 56 110 --seeds 0 1 2 --parallel 4 --deadline 480
-
-Writes <out>/<date>_<gpu>_paper_resnet<depth>_seed<seed>.json per finished run (kind paper_run), its
-final weights as <runs-dir>/resnet<depth>-seed<seed>.pt (for export_weights.py) and
-<out>/reproduce_status.json. Exit status: 0 when no run failed, 1 when one did, 2 on bad input.
 """
-
-from __future__ import annotations
 
 import time
 
@@ -36,10 +27,8 @@ import yaml  # noqa: E402
 from benchmarks import common  # noqa: E402
 from fastcifar import config as config_lib  # noqa: E402
 from fastcifar import rundir  # noqa: E402
-from fastcifar.environment import environment  # noqa: E402
 from fastcifar.errors import ConfigError, FastcifarError  # noqa: E402
 from fastcifar.training import checkpoint as ckpt  # noqa: E402
-from fastcifar.training.checkpoint import checkpoints  # noqa: E402
 from fastcifar.training.stopping import STOPPED_EXIT, GracefulStop  # noqa: E402
 
 SCHEMA_VERSION = 1
@@ -65,6 +54,10 @@ class Run:
     @property
     def name(self) -> str:
         return f"resnet{self.depth} seed {self.seed}"
+
+    @property
+    def weights(self) -> Path:  # the final weights, for export_weights.py
+        return self.run_dir.parent / f"{self.run_dir.name}.pt"
 
 
 def parse_args(argv):
@@ -101,7 +94,8 @@ def plan(args, depth: int, seed: int) -> Run:
                                ("train.run_dir", run_dir, "--runs-dir"), ("data.root", args.data_root, "--data-root")):
         actual = getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
         if str(actual) != str(value):  # an override may repeat these values, not contradict them
-            raise ConfigError(f"{key} is {actual!r} (from {config} or an override), but {option} makes it {str(value)!r}")
+            raise ConfigError(f"{key} is {actual!r} (from {config} or an override), "
+                              f"but {option} makes it {str(value)!r}")
     if cfg.train.resume:
         raise ConfigError("train.resume: reproduce.py resumes runs from their checkpoints itself")
     saved = run_dir / "config.yaml"
@@ -114,16 +108,11 @@ def plan(args, depth: int, seed: int) -> Run:
     return Run(depth, seed, run_dir, cfg.train.epochs, [sys.executable, run_py, str(config), *overrides])
 
 
-def checkpoint_epoch(run_dir: Path) -> int | None:
-    found = checkpoints(run_dir)
-    return found[-1][0] if found else None
-
-
 def display(command: list[str]) -> str:
     return shlex.join([Path(command[0]).name, *command[1:]])
 
 
-def collect(run: Run, out: Path, env: dict) -> None:
+def collect(run: Run, out: Path) -> None:
     """The finished run's result file and weights: written when this call ran the run or the file is
     missing; an earlier call's file stays as it was."""
     try:
@@ -133,39 +122,35 @@ def collect(run: Run, out: Path, env: dict) -> None:
         points = [{k: r.get(k) for k in ("epoch", "top1", "top5", "train_loss")} for r in rundir.epochs(records)
                   if r.get("top1") is not None]
         best = max(points, key=lambda p: p["top1"], default=None)
-        log_text = (run.run_dir / "log.txt").read_text(errors="replace") if (run.run_dir / "log.txt").is_file() else ""
-        finished = dt.datetime.fromtimestamp(summary_path.stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
+        log_path = run.run_dir / "log.txt"
+        log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+        finished = dt.datetime.fromtimestamp(summary_path.stat().st_mtime, dt.timezone.utc)
+        finished = finished.isoformat(timespec="seconds")
         path = out / f"{finished[:10]}_{common.slug(summary['device'])}_paper_resnet{run.depth}_seed{run.seed}.json"
         run.result = path
         if path.is_file() and not run.started:
             return
-        source, weights = ckpt.checkpoint_path(run.run_dir, summary["epochs"]), weights_path(run)
+        source, weights = ckpt.checkpoint_path(run.run_dir, summary["epochs"]), run.weights
         if source.is_file() and (not weights.is_file() or weights.stat().st_mtime < source.stat().st_mtime):
             ckpt.save_checkpoint(weights, ckpt.load_checkpoint(source)["model"])  # what export_weights.py ships
-        common.write_json(path, {
-            "kind": "paper_run", "schema_version": SCHEMA_VERSION, "model": summary["model"], "depth": run.depth,
-            "seed": run.seed, "dataset": summary["dataset"], "final_top1": summary["final_top1"],
-            "final_top5": summary["final_top5"], "selection": SELECTION,
-            "best_top1_seen": best and best["top1"], "best_top1_seen_epoch": best and best["epoch"], "curve": points,
-            "epochs": summary["epochs"], "train_seconds": summary["train_seconds"],
-            "segments": 1 + sum(r.get("event") == "resume" for r in records),
-            "finished_at": finished, "run_dir": str(run.run_dir), "command": display(run.command),
-            "commands": [line.split(": ", 1)[1] for line in log_text.splitlines() if line.startswith(LAUNCH)],
-            "config": yaml.safe_load((run.run_dir / "config.yaml").read_text()),
-            **{k: summary.get(k) for k in ("loader", "world_size", "device", "amp", "compile", "channels_last", "torch")},
-            "weights": str(weights) if weights.is_file() else None, "environment": env})
+        copied = ("model", "dataset", "final_top1", "final_top5", "epochs", "train_seconds", "loader", "world_size",
+                  "device", "amp", "compile", "channels_last", "torch")
+        common.write_json(path, common.result(
+            "paper_run", SCHEMA_VERSION, **{k: summary.get(k) for k in copied}, depth=run.depth, seed=run.seed,
+            selection=SELECTION, best_top1_seen=best and best["top1"], best_top1_seen_epoch=best and best["epoch"],
+            curve=points, segments=1 + sum(r.get("event") == "resume" for r in records), finished_at=finished,
+            run_dir=str(run.run_dir), command=display(run.command),
+            commands=[line.split(": ", 1)[1] for line in log_text.splitlines() if line.startswith(LAUNCH)],
+            config=yaml.safe_load((run.run_dir / "config.yaml").read_text()),
+            weights=str(weights) if weights.is_file() else None))
     except (FastcifarError, OSError, ValueError, KeyError) as e:  # e.g. a damaged final checkpoint
         run.state, run.result = "failed", None
         run.error = f"collecting {run.name} from {run.run_dir}: {type(e).__name__}: {e}"
         log(run.error)
 
 
-def weights_path(run: Run) -> Path:
-    return run.run_dir.parent / f"{run.run_dir.name}.pt"
-
-
 def launch(run: Run) -> None:
-    resume = checkpoint_epoch(run.run_dir)
+    resume = ckpt.latest_epoch(run.run_dir)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     metrics = run.run_dir / "metrics.jsonl"
     if resume is None and metrics.is_file():  # a fresh start after a kill before any checkpoint
@@ -217,7 +202,8 @@ def drive(args) -> str | None:
                 if term_at is not None and now >= term_at + args.grace:
                     for r in running:
                         r.proc.kill()
-                while term_at is None and queue and len(running) < args.parallel and (left is None or left >= args.min_start):
+                while (term_at is None and queue and len(running) < args.parallel
+                       and (left is None or left >= args.min_start)):
                     running.append(queue.pop(0))
                     launch(running[-1])
                 for r in [r for r in running if r.proc.poll() is not None]:
@@ -241,24 +227,23 @@ def main(argv: list[str] | None = None) -> int:
     for r in args.runs:
         r.state = "finished" if rundir.is_finished(r.run_dir) else r.state
     reason = drive(args)
-    env = environment()
     runs = []
     for r in args.runs:
         if r.state == "finished":
-            collect(r, args.out, env)
+            collect(r, args.out)
         done = (rundir.read_json(r.run_dir / "summary.json") or {}).get("epochs") if r.state == "finished" else None
         runs.append({"depth": r.depth, "seed": r.seed, "run_dir": str(r.run_dir), "state": r.state,
-                     "started": r.started, "epochs_done": done or checkpoint_epoch(r.run_dir) or 0, "epochs": r.epochs,
+                     "started": r.started, "epochs_done": done or ckpt.latest_epoch(r.run_dir) or 0, "epochs": r.epochs,
                      "result": str(r.result) if r.result else None,
-                     "weights": str(weights_path(r)) if r.result and weights_path(r).is_file() else None,
+                     "weights": str(r.weights) if r.result and r.weights.is_file() else None,
                      "returncode": r.returncode, "error": r.error, "error_tail": r.error_tail})
     counts = {s: sum(r["state"] == s for r in runs) for s in ("finished", "stopped", "failed", "pending")}
     settings = {k: getattr(args, k) for k in ("depths", "seeds", "parallel", "deadline", "min_start", "grace",
                                               "data_root", "overrides")}
-    common.write_json(args.out / "reproduce_status.json", {
-        "kind": "paper_status", "schema_version": SCHEMA_VERSION, "environment": env,
-        "settings": {**settings, "config_dir": str(args.config_dir), "runs_dir": str(args.runs_dir)},
-        "elapsed_seconds": round(time.monotonic() - _STARTED, 1), "stopped_by": reason, "counts": counts, "runs": runs})
+    common.write_json(args.out / "reproduce_status.json", common.result(
+        "paper_status", SCHEMA_VERSION, settings={**settings, "config_dir": str(args.config_dir),
+                                                  "runs_dir": str(args.runs_dir)},
+        elapsed_seconds=round(time.monotonic() - _STARTED, 1), stopped_by=reason, counts=counts, runs=runs))
     notes = {"finished": lambda r: Path(r["result"]).name, "failed": lambda r: r["error"]}
     print(common.markdown_table(["depth", "seed", "state", "epochs", "result / error"], [
         [r["depth"], r["seed"], r["state"], f"{r['epochs_done']}/{r['epochs']}",

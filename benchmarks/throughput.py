@@ -1,32 +1,32 @@
-#!/usr/bin/env python
-"""Images per second of each CIFAR ResNet depth, batch size and loader: the model alone (train steps on
-one batch on the device), the loader alone and end to end (a ratio to the model alone above 1.1 cannot
-be right and is flagged), and a seed-style baseline (fp32, NCHW, eager, torchvision, batch 128). The
-first step is timed apart; with compile on, its excess over a typical step is the compile time, cold
-(empty inductor cache) and warm (built again), never inside images/s. --section.key=value sets that
-config key for every figure but the baseline's (e.g. --train.cuda_graph=true, --loader.workers=16).
+"""Images/s of each depth, batch size and loader: the model alone, the loader alone, end to end (flagged
+above 1.1x the model alone) and a seed-style baseline; compile time apart, cold and warm. --section.key=value
+sets that config key for every figure but the baseline's (e.g. --train.cuda_graph=true).
 
     python benchmarks/throughput.py --depths 20 56 --batch-sizes 128 1024 --loaders torch-gpu
+
+--dali-previous COMMIT instead times DALI's CPU mode, loader alone: COMMIT's pipelines/dali.py beside the current
+one in one process, an epoch of each in turn per repeat (issue #11; see benchmarks/results/README.md).
 """
 
-from __future__ import annotations
-
 import contextlib
-import functools
+import dataclasses
 import itertools
+import os
+import subprocess
 import sys
-from pathlib import Path
+import types
 
 import torch
 
 import pipelines
-from benchmarks import common
+from benchmarks import common, report
+from benchmarks.common import log
 from fastcifar import config as config_lib
 from fastcifar import flops
 from fastcifar.config import LoaderName, choices
 from fastcifar.distributed import resolve_device
-from fastcifar.environment import environment
-from fastcifar.errors import FastcifarError
+from fastcifar.errors import FastcifarError, stderr_line
+from fastcifar.flops import peak_bandwidth
 from fastcifar.models import PAPER_DEPTHS, build_model
 from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
 from fastcifar.training.graph import build_train_step
@@ -35,36 +35,25 @@ from fastcifar.training.prefetch import prefetch
 SCHEMA_VERSION = 2
 SUSPECT_RATIO = 1.1  # end to end can at best equal the model alone; beyond noise, a figure is wrong
 SEED_STYLE = {"amp": "none", "compile": False, "channels_last": False, "cuda_graph": False}
-# Peak memory bandwidth (bytes/s) by part of the device name, most specific first (vendor data sheets).
-PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
-                  "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "A100": 1.555e12}
-log = functools.partial(print, file=sys.stderr, flush=True)
 TIMING = ("first step timed apart, then `warmup` untimed steps (loader-fed: at least an epoch), then `repeats` "
-          "timings of `steps` steps between two torch.cuda.synchronize() calls (time.perf_counter); images_per_s: "
-          "median, min, max over the repeats. compile_seconds = first step - median step, cold (fresh "
-          "TORCHINDUCTOR_CACHE_DIR) and warm (dynamo reset, same cache); null when compile is off.")
-
-
-def peak_bandwidth(name: str) -> float | None:
-    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key.lower() in name.lower()), None)
+          "timings of `steps` steps between two device syncs (time.perf_counter); images_per_s: median, min, max "
+          "over the repeats. compile_seconds = first step - median step, cold (fresh TORCHINDUCTOR_CACHE_DIR) "
+          "and warm (dynamo reset, same cache); null when compile is off.")
 
 
 def parse_args(argv):
     p = common.parser("throughput.py", __doc__)
-    p.add_argument("--depths", type=common.depth, nargs="+", default=list(PAPER_DEPTHS), help="depths (6n+2)")
+    common.add_run_options(p, ("synthetic", "cifar10"), PAPER_DEPTHS)
     p.add_argument("--loaders", nargs="+", default=list(choices(LoaderName)), choices=choices(LoaderName))
     p.add_argument("--batch-sizes", type=common.positive_int, nargs="+", default=[512])
     p.add_argument("--steps", type=common.positive_int, default=50, help="timed steps per repeat")
     p.add_argument("--warmup", type=common.non_negative_int, default=10, help="untimed steps after the first")
     p.add_argument("--repeats", type=common.positive_int, default=5, help="timings per figure")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--data", choices=("synthetic", "cifar10"), default="synthetic")
-    p.add_argument("--synthetic-size", type=common.positive_int, default=50_000, help="synthetic train images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
     p.add_argument("--baseline-batch-size", type=common.positive_int, default=128)
     p.add_argument("--baseline-workers", type=common.non_negative_int, default=4)
-    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/throughput-<device>.json")
+    p.add_argument("--dali-previous", metavar="COMMIT", default=None, help="compare DALI designs (CPU mode)")
     args = common.parse_with_overrides(p, argv)
     try:
         args.device = resolve_device(args.device)
@@ -76,7 +65,7 @@ def parse_args(argv):
     too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
     if args.data == "synthetic" and too_big:
         p.error(f"batch {too_big[0]} is larger than --synthetic-size {args.synthetic_size}")
-    args.out = args.out or common.RESULTS_DIR / f"throughput-{common.slug(common.device_name(args.device))}.json"
+    args.out = args.out or common.out_path("throughput", args.device)
     args.baseline = {**SEED_STYLE, "batch_size": args.baseline_batch_size, "workers": args.baseline_workers}
     return args
 
@@ -90,8 +79,7 @@ def make_config(args, depth: int, loader: str, batch: int, seed_style: bool = Fa
 
 
 def build_step(cfg, device: torch.device) -> TrainStep:
-    """The trainer's own step (fastcifar.training.engine; a whole-step CUDA graph under
-    --train.cuda_graph=true), so the figures are the trainer's."""
+    """The trainer's own step (a whole-step CUDA graph under --train.cuda_graph=true)."""
     runtime = resolve_runtime(cfg.train, device)
     model = build_model(cfg.model.name, 10, cfg.model.shortcut)
     _, train_model = prepare_model(model, runtime, distributed=False)
@@ -154,7 +142,8 @@ def model_alone(args, cfg, counts: dict, compiled: bool):
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(batch, 3, 32, 32, generator=gen).to(args.device, memory_format=step.runtime.memory_format)
     y = torch.randint(0, 10, (batch,), generator=gen).to(args.device)
-    fig = guarded("model alone", lambda: measure(lambda: step(x, y), batch, args, args.warmup, counts, dtype_bytes(step)))
+    fig = guarded("model alone", lambda: measure(lambda: step(x, y), batch, args, args.warmup, counts,
+                                                 dtype_bytes(step)))
     if "error" in fig:
         return None, fig
     typical, fig["compile_seconds"] = fig["step_ms"]["median"] / 1000, None
@@ -162,7 +151,8 @@ def model_alone(args, cfg, counts: dict, compiled: bool):
         common.release(args.device)  # the inductor cache on disk stays: the next compile is warm
         step = build_step(cfg, args.device)
         warm = common.timed(lambda: step(x, y), args.device)[0]
-        fig["compile_seconds"] = {"cold": max(0.0, fig["first_step_seconds"] - typical), "warm": max(0.0, warm - typical)}
+        cold = fig["first_step_seconds"]
+        fig["compile_seconds"] = {"cold": max(0.0, cold - typical), "warm": max(0.0, warm - typical)}
     return step, fig
 
 
@@ -229,11 +219,43 @@ def bench_depth(args, depth: int, data) -> dict:
         base = flag({"setting": args.baseline, "model_alone": model, "end_to_end": e2e["end_to_end"] or e2e}, model)
         first = result["batches"][0]
         base["speedup_model_alone"] = ratio(first["model_alone"], model)
-        base["speedup_end_to_end"] = {n: ratio(e["end_to_end"], base["end_to_end"]) for n, e in first["loaders"].items()}
+        base["speedup_end_to_end"] = {n: ratio(e["end_to_end"], base["end_to_end"])
+                                      for n, e in first["loaders"].items()}
         result["seed_style"] = base
         del step
         common.release(args.device)
     return result
+
+
+def previous_dali(commit: str):
+    """COMMIT's DaliLoader, from `git show`, leaving the registered (current) one in place."""
+    source = subprocess.run(["git", "show", f"{commit}:pipelines/dali.py"], cwd=common.REPO,
+                            capture_output=True, text=True, check=True).stdout
+    current, module = pipelines.LOADERS["dali"], types.ModuleType("dali_previous")
+    exec(compile(source, f"{commit}:pipelines/dali.py", "exec"), module.__dict__)
+    pipelines.LOADERS["dali"] = current  # the old module registered itself under the same name
+    return module.DaliLoader
+
+
+def dali_redesign(args, data) -> dict:
+    torch.set_num_threads(1)  # torch's spinning OpenMP threads starve DALI's on a small CPU
+    cfg, batch, cpu = args.fast, args.batch_sizes[0], torch.device("cpu")
+    spec = pipelines.base.LoaderSpec(data, True, batch, cfg.augment, dataclasses.replace(cfg.loader, device="cpu"),
+                                     cpu, True, torch.float32, 0)
+    loaders = {"previous": previous_dali(args.dali_previous)(spec), "current": pipelines.LOADERS["dali"](spec)}
+    seconds = {name: [] for name in loaders}
+    for repeat in range(args.repeats + 1):  # the first, untimed, warms up
+        for name, loader in loaders.items():
+            loader.set_epoch(repeat)
+            took = common.timed(lambda: sum(1 for _ in loader), cpu)[0]
+            seconds[name] += [took] if repeat else []
+    steps = len(loaders["current"])
+    rates = {name: common.summarize([steps * batch / s for s in values]) for name, values in seconds.items()}
+    log({name: round(r["median"]) for name, r in rates.items()})
+    return common.result("dali_cpu_redesign", 1, previous_commit=args.dali_previous, settings={
+        "batch_size": batch, "images": len(data), "repeats": args.repeats, "steps_per_epoch": steps,
+        **dataclasses.asdict(spec.loader)}, load_average_1_5_15_min=os.getloadavg(), images_per_s=rates,
+        speedup_of_medians=rates["current"]["median"] / rates["previous"]["median"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,19 +269,22 @@ def main(argv: list[str] | None = None) -> int:
         data = (synthetic_split(args.synthetic_size, seed=args.seed, learnable=False) if args.data == "synthetic"
                 else load_cifar("cifar10", args.fast.data.root, "train", download=True))
     except FastcifarError as e:
-        print(f"throughput.py: error: {e}", file=sys.stderr)
+        stderr_line(f"throughput.py: error: {e}")
         return 2
+    if args.dali_previous:
+        log(f"wrote {common.write_json(args.out, dali_redesign(args, data))}")
+        return 0
     rt, name = args.runtime, common.device_name(args.device)
     config = {"amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "none", "compile": rt.compile,
-              "compile_mode": rt.compile_mode, "channels_last": rt.channels_last, "cuda_graph": args.fast.train.cuda_graph}
-    out = {"kind": "throughput", "schema_version": SCHEMA_VERSION, "complete": False, "environment": environment(),
-           "settings": {"device": args.device.type, "device_name": name, "peak_bandwidth": peak_bandwidth(name),
-                        "depths": args.depths, "loaders": args.loaders, "batch_sizes": args.batch_sizes,
-                        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "overrides": args.overrides,
-                        "config": config, "workers": args.fast.loader.workers, "data": args.data, "data_size": len(data),
-                        "seed": args.seed, "seed_style": None if args.no_baseline else args.baseline},
-           "timing": TIMING, "flops_convention": flops.FLOPS_CONVENTION, "bytes_convention": flops.BYTES_CONVENTION,
-           "results": []}
+              "compile_mode": rt.compile_mode, "channels_last": rt.channels_last,
+              "cuda_graph": args.fast.train.cuda_graph}
+    settings = {k: getattr(args, k) for k in ("depths", "loaders", "batch_sizes", "steps", "warmup", "repeats",
+                                              "overrides", "data", "seed")}
+    out = common.result("throughput", SCHEMA_VERSION, complete=False, settings={
+        **settings, "device": args.device.type, "device_name": name, "peak_bandwidth": peak_bandwidth(name),
+        "config": config, "workers": args.fast.loader.workers, "data_size": len(data),
+        "seed_style": None if args.no_baseline else args.baseline},
+        timing=TIMING, flops_convention=flops.FLOPS_CONVENTION, bytes_convention=flops.BYTES_CONVENTION, results=[])
     for depth in args.depths:
         log(f"resnet{depth}:")
         out["results"].append(bench_depth(args, depth, data))
@@ -267,8 +292,6 @@ def main(argv: list[str] | None = None) -> int:
     out["complete"] = True
     common.write_json(args.out, out)
     log(f"wrote {args.out}")
-    from benchmarks import report
-
     print(report.throughput_markdown(out))
     return 0
 

@@ -1,16 +1,11 @@
-#!/usr/bin/env python
-"""Wall time for each CIFAR ResNet depth to reach a test accuracy (default 92% top-1): the mean over
---seeds of the fastest recipe (configs/fast/resnet<depth>.yml, lengths --epochs) whose MEAN FINAL accuracy
-reaches it; no run stops where the test set first says "reached". Only the final epoch is evaluated;
---curves evaluates every epoch (curves, and the test-selected first crossing). Every run compiles cold,
-in a fresh inductor cache; torch's measured compile time is reported apart. --section.key=value
-overrides that key of every recipe.
+"""Wall time for each depth to reach a test top-1: the mean over --seeds of the fastest recipe
+(configs/fast/resnet<depth>.yml, lengths --epochs) whose MEAN FINAL accuracy reaches it. Only the final
+epoch is evaluated (--curves: every epoch); compile time, cold each run, is reported apart.
+--section.key=value overrides that key of every recipe.
 
     python benchmarks/time_to_accuracy.py --depths 56 --epochs 30 40 --train.batch_size=1024 --optim.lr=0.8
     torchrun --nproc_per_node=8 -m benchmarks.time_to_accuracy --depths 110 1202    # rank 0 writes
 """
-
-from __future__ import annotations
 
 import datetime as dt
 import os
@@ -21,7 +16,6 @@ from pathlib import Path
 from benchmarks import common, report
 from fastcifar import config as config_lib
 from fastcifar import distributed as dist_lib
-from fastcifar.environment import environment
 from fastcifar.errors import Diverged, FastcifarError, stderr_line
 from fastcifar.models import PAPER_DEPTHS
 from fastcifar.synthetic import write_npz
@@ -30,28 +24,24 @@ from fastcifar.training.stopping import DIVERGED_EXIT, STOPPED_EXIT
 
 SCHEMA_VERSION = 2
 RECIPES = common.REPO / "configs" / "fast"
-COMPILE = ("compile_seconds: torch._dynamo.utils.compilation_time_metrics (frame and lazy backward compiles), a fresh "
-           "inductor cache per run (every seed cold); null when compile is off; inside wall_seconds, not setup_seconds")
-SELECTION = ("time_to_target: the fastest recipe whose mean final test top-1 over the seeds is >= target; first_crossing "
-             "(--curves): the first epoch at >= target, which selects on the test set (reference only)")
+COMPILE = ("compile_seconds: torch._dynamo.utils.compilation_time_metrics (frame and lazy backward compiles), a "
+           "fresh inductor cache per run (every seed cold); null when compile is off; inside wall_seconds, "
+           "not setup_seconds")
+SELECTION = ("time_to_target: the fastest recipe whose mean final test top-1 over the seeds is >= target; "
+             "first_crossing (--curves): the first epoch at >= target, which selects on the test set (reference only)")
 
 
 def parse_args(argv):
     p = common.parser("time_to_accuracy.py", __doc__)
-    p.add_argument("--depths", type=common.depth, nargs="+", default=list(PAPER_DEPTHS), help="depths (6n+2)")
+    common.add_run_options(p, ("cifar10", "synthetic"), PAPER_DEPTHS)
     p.add_argument("--seeds", type=common.positive_int, default=3, help="runs per recipe (seeds 0..N-1)")
     p.add_argument("--target", type=common.percentage, default=92.0, help="test top-1, percent")
     p.add_argument("--epochs", type=common.positive_int, nargs="+", default=None,
                    help="recipe lengths to try (default: the recipe's train.epochs)")
     p.add_argument("--curves", action="store_true", help="evaluate every epoch (default: the final one only)")
     p.add_argument("--config", type=Path, default=None, help="one recipe for every depth (model.name set per depth)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--data", choices=("cifar10", "synthetic"), default="cifar10",
-                   help="CIFAR-10, or a learnable synthetic set (smoke tests)")
-    p.add_argument("--synthetic-size", type=common.positive_int, default=50_000)
     p.add_argument("--synthetic-test-size", type=common.positive_int, default=10_000)
     p.add_argument("--run-root", type=Path, default=None, help="default: runs/time_to_accuracy/<UTC time>")
-    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/time_to_accuracy-<device>.json")
     args = common.parse_with_overrides(p, argv)
     args.epochs = list(dict.fromkeys(args.epochs)) if args.epochs else None  # a repeat would reuse run dirs
     missing = [recipe(args, d) for d in args.depths if not recipe(args, d).is_file()]
@@ -64,9 +54,9 @@ def recipe(args, depth: int) -> Path:
     return args.config if args.config is not None else RECIPES / f"resnet{depth}.yml"
 
 
-def plan(args, run_root: Path, data_root, world_size: int) -> list[dict]:
-    """Every run's config, built and validated before the first one starts (hours may follow)."""
-    runs = []
+def plan(args, run_root: Path, data_root, world_size: int) -> dict[tuple[int, int], list]:
+    """Every run's config by (depth, epochs), built and validated before the first one starts (hours may follow)."""
+    runs = {}
     for depth in args.depths:
         for epochs in args.epochs or [None]:
             for seed in range(args.seeds):
@@ -80,12 +70,12 @@ def plan(args, run_root: Path, data_root, world_size: int) -> list[dict]:
                 # the final epoch is always evaluated; the others only for curves
                 every = common.overrides(train__eval_every=1 if args.curves else cfg.train.epochs)
                 cfg = config_lib.load(recipe(args, depth), [*values, *every], world_size)
-                runs.append({"depth": depth, "epochs": cfg.train.epochs, "cfg": cfg})
+                runs.setdefault((depth, cfg.train.epochs), []).append(cfg)
     return runs
 
 
-class Stopped(Exception):
-    """Every rank's run saw the same stop request: the script ends with status 3."""
+class Stopped(Exception):  # every rank's run saw the same stop request: the script ends with status 3
+    pass
 
 
 def compile_total() -> float:
@@ -133,16 +123,18 @@ def run_record(cfg, summary: dict, records: list[dict], setup_seconds: float, co
 
 
 def stat(values: list[float]) -> dict:
-    return dict(zip(("mean", "std", "values"), (*(common.mean_std(values) if values else (None, None)), values)))
+    mean, std = common.mean_std(values) if values else (None, None)
+    return {"mean": mean, "std": std, "values": values}
 
 
 def recipe_record(config: Path, cfg, runs: list[dict]) -> dict:
     crossings = [r["first_crossing"] for r in runs if r["first_crossing"]]
     return {
-        "config": Path(os.path.relpath(Path(config).resolve(), common.REPO)).as_posix(), "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
-        "lr": cfg.optim.lr, "schedule": cfg.schedule.name, "loader": cfg.loader.name, "seeds": len(runs),
-        "runs": runs, **{k: stat([r[k] for r in runs if r[k] is not None]) for k in
-                         ("final_top1", "wall_seconds", "wall_seconds_without_compile", "compile_seconds")},
+        "config": Path(os.path.relpath(Path(config).resolve(), common.REPO)).as_posix(), "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size, "lr": cfg.optim.lr, "schedule": cfg.schedule.name,
+        "loader": cfg.loader.name, "seeds": len(runs), "runs": runs,
+        **{k: stat([r[k] for r in runs if r[k] is not None]) for k in
+           ("final_top1", "wall_seconds", "wall_seconds_without_compile", "compile_seconds")},
         "first_crossing_seconds": {**stat([c["wall_seconds"] for c in crossings]), "count": len(crossings)},
     }
 
@@ -200,37 +192,31 @@ def run(args, dist) -> int:
         if dist.is_main:
             write_npz(data_root, "cifar10", args.synthetic_size, args.synthetic_test_size)
         dist_lib.barrier()
-    runs = plan(args, run_root, data_root, dist.world_size)
+    groups = plan(args, run_root, data_root, dist.world_size)
     world = f"-x{dist.world_size}" if dist.world_size > 1 else ""
-    out_path = args.out or common.RESULTS_DIR / f"time_to_accuracy-{common.slug(common.device_name(dist.device))}{world}.json"
-    result = {
-        "kind": "time_to_accuracy", "schema_version": SCHEMA_VERSION, "complete": False, "environment": environment(),
-        "settings": {"target": args.target, "seeds": args.seeds, "depths": args.depths, "epochs": args.epochs,
-                     "curves": args.curves, "config": str(args.config) if args.config else None,
-                     "device": dist.device.type, "device_name": common.device_name(dist.device),
-                     "world_size": dist.world_size, "data": args.data,
-                     "overrides": args.overrides, "run_root": str(run_root)},
-        "compile": COMPILE, "selection": SELECTION, "depths": []}
-    for depth in args.depths:
-        recipes = []
-        for epochs in dict.fromkeys(r["epochs"] for r in runs if r["depth"] == depth):
-            group = [r["cfg"] for r in runs if r["depth"] == depth and r["epochs"] == epochs]
-            records = []
-            for cfg in group:
-                if dist.is_main:
-                    print(f"== resnet{depth}, {epochs} epochs, seed {cfg.train.seed} -> {cfg.train.run_dir}", flush=True)
-                records.append(train_one(args, cfg, dist))
-            recipes.append(recipe_record(recipe(args, depth), group[0], records))
-            # after every recipe: a long run that dies keeps what finished
-            result["depths"] = [*(d for d in result["depths"] if d["depth"] != depth),
-                                depth_record(depth, recipes, args.target)]
+    out_path = args.out or common.out_path("time_to_accuracy", dist.device, world)
+    settings = {k: getattr(args, k) for k in ("target", "seeds", "depths", "epochs", "curves", "data", "overrides")}
+    result = common.result("time_to_accuracy", SCHEMA_VERSION, complete=False, settings={
+        **settings, "config": str(args.config) if args.config else None, "device": dist.device.type,
+        "device_name": common.device_name(dist.device), "world_size": dist.world_size, "run_root": str(run_root)},
+        compile=COMPILE, selection=SELECTION, depths=[])
+    recipes: dict[int, list[dict]] = {}
+    for (depth, epochs), group in groups.items():
+        records = []
+        for cfg in group:
             if dist.is_main:
-                common.write_json(out_path, result)
+                print(f"== resnet{depth}, {epochs} epochs, seed {cfg.train.seed} -> {cfg.train.run_dir}", flush=True)
+            records.append(train_one(args, cfg, dist))
+        recipes.setdefault(depth, []).append(recipe_record(recipe(args, depth), group[0], records))
+        # after every recipe: a long run that dies keeps what finished
+        result["depths"] = [depth_record(d, found, args.target) for d, found in recipes.items()]
+        if dist.is_main:
+            common.write_json(out_path, result)
     result["complete"] = True
     if dist.is_main:
         common.write_json(out_path, result)
         print(report.time_to_accuracy_markdown(result))
-        print(f"wrote {out_path}", file=sys.stderr)
+        common.log(f"wrote {out_path}")
     return 0
 
 

@@ -20,6 +20,9 @@ BYTES_CONVENTION = (
     "backward, its gradient written and read), plus the weights per step amortised over the batch: "
     "read in forward and backward at the compute dtype, and in fp32 the gradient written and the SGD "
     "update reading weight, gradient and momentum and writing weight and momentum (6 x 4 bytes)")
+# Peak memory bandwidth (bytes/s) by part of the device name, most specific first (vendor data sheets).
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
+                  "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "A100": 1.555e12}
 
 
 def count(name: str, num_classes: int = 10, shortcut: str = "A") -> dict:
@@ -46,3 +49,7 @@ def bytes_per_image(counts: dict, batch_size: int, dtype_bytes: int) -> float:
     activations = 5 * counts["activation_elements"] * dtype_bytes
     weights = counts["params"] * (2 * dtype_bytes + 6 * 4) / batch_size
     return activations + weights
+
+
+def peak_bandwidth(device_name: str) -> float | None:
+    return next((bw for key, bw in PEAK_BANDWIDTH.items() if key.lower() in device_name.lower()), None)

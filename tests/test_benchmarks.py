@@ -170,10 +170,10 @@ def test_throughput_bad_options_give_one_line(argv, message, capsys):
 
 
 def test_peak_bandwidth_by_device_name():
-    assert throughput.peak_bandwidth("NVIDIA H200") == 4.8e12
-    assert throughput.peak_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
-    assert throughput.peak_bandwidth("NVIDIA H100 PCIe") == 2.0e12
-    assert throughput.peak_bandwidth("cpu") is None
+    assert flops.peak_bandwidth("NVIDIA H200") == 4.8e12
+    assert flops.peak_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert flops.peak_bandwidth("NVIDIA H100 PCIe") == 2.0e12
+    assert flops.peak_bandwidth("cpu") is None
 
 
 def test_release_lets_every_depth_compile_instead_of_running_eager():

@@ -19,6 +19,7 @@ import yaml
 from conftest import REPO, tiny_overrides
 
 from fastcifar.models import build_model
+from fastcifar.training import checkpoint as ckpt
 
 from benchmarks import common, report, reproduce
 
@@ -149,12 +150,12 @@ def test_a_deadline_stops_the_run_and_the_next_call_finishes_it(tmp_path, config
             f"all {EPOCHS_TO_BRIDGE} epochs finished within a {deadline} s deadline: this machine is too fast "
             "for the test; raise EPOCHS_TO_BRIDGE")
         assert run["state"] == "stopped" and run["error"] is None
-        if reproduce.checkpoint_epoch(run_dir):
+        if ckpt.latest_epoch(run_dir):
             break
     else:
         pytest.fail("no checkpoint even with a 48 s deadline")
     assert status(tmp_path)["stopped_by"] == "deadline"
-    assert 1 <= run["epochs_done"] == reproduce.checkpoint_epoch(run_dir) < EPOCHS_TO_BRIDGE
+    assert 1 <= run["epochs_done"] == ckpt.latest_epoch(run_dir) < EPOCHS_TO_BRIDGE
     assert not results(tmp_path)
     assert len(list(run_dir.glob("checkpoint_epoch*.pt"))) <= 2  # train.keep_checkpoints=2
 
@@ -176,7 +177,7 @@ def test_sigterm_to_the_driver_stops_its_runs_gracefully(tmp_path, config_dir, s
     proc = start(driver_args(tmp_path, config_dir, synthetic_root, train__epochs=EPOCHS_TO_BRIDGE))
     try:
         give_up = time.monotonic() + 120
-        while not reproduce.checkpoint_epoch(run_dir) and proc.poll() is None and time.monotonic() < give_up:
+        while not ckpt.latest_epoch(run_dir) and proc.poll() is None and time.monotonic() < give_up:
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)

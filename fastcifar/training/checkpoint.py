@@ -128,6 +128,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def latest_epoch(run_dir: str | Path) -> int | None:
+    found = checkpoints(run_dir)
+    return found[-1][0] if found else None
+
+
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints (keep 0: delete none)."""
     if keep <= 0:
