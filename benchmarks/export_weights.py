@@ -1,7 +1,5 @@
-"""Ship the median-seed model of each depth as pretrained weights (fastcifar/weights/): the paper runs
-(reproduce.py) ranked by final test top-1, the median (lower middle; ties by seed) exported from
-<weights-from>/resnet<D>-seed<S>.pt by fastcifar.hub.export_weights (strict load, sha256 name, CPU
-fp32 accuracy in the manifest).   python benchmarks/export_weights.py --weights-from runs/paper --data-root data
+"""Ship each depth's median paper run (reproduce.py; by final top-1, lower middle, ties by seed) as pretrained
+weights (fastcifar.hub.export_weights):   python benchmarks/export_weights.py --weights-from runs/paper --data-root data
 """
 
 import sys
