@@ -56,6 +56,9 @@ def pipeline_device(spec: LoaderSpec) -> str:
     wanted = spec.loader.device
     if wanted == "auto":
         wanted = "gpu" if spec.device.type == "cuda" else "cpu"
+    if wanted == "gpu" and spec.device.type != "cuda":  # its outputs are bound to the training device's stream
+        raise ConfigError(f"loader.device: 'gpu' runs the dali loader on the training device, which is "
+                          f"{spec.device.type} here; use --loader.device=cpu (or auto), or train on CUDA")
     if wanted == "gpu" and not torch.cuda.is_available():
         raise ConfigError("loader.device: 'gpu' needs CUDA, which is not available here; "
                           "use --loader.device=cpu to run the DALI pipeline on the CPU")

@@ -129,11 +129,13 @@ class TorchGpuLoader(EpochPlan):
             if generator is not None:
                 generator.manual_seed(self.key(step))
             images = self.augment(self.images[idx], generator).permute(0, 3, 1, 2)  # NCHW view
-            # no-ops when augmenting on the training device
-            images = images.to(s.device, non_blocking=True)
+            # no-ops when augmenting on the training device; a copy from the GPU to a CPU training
+            # device must be finished before the CPU reads it, so only copies to CUDA are asynchronous
+            to_cuda = s.device.type == "cuda"
+            images = images.to(s.device, non_blocking=to_cuda)
             if not s.channels_last:
                 images = images.contiguous()
-            yield images, self.labels[idx].to(s.device, non_blocking=True)
+            yield images, self.labels[idx].to(s.device, non_blocking=to_cuda)
 
 
 @register_loader("torch-gpu")

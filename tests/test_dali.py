@@ -102,21 +102,26 @@ def test_dali_gpu_equals_dali_cpu(dtype):
     assert (outs["cpu"][0] - outs["gpu"][0]).abs().max().item() < tol
 
 
+def on_gpu(cfg):
+    """make_cfg pins loader.device to cpu; on a CUDA training device, auto augments there."""
+    return dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, device="auto"))
+
+
 @pytest.mark.cuda
 @cuda
 def test_torch_gpu_on_cuda_matches_cpu_and_counts_eval_once():
     data = split(500)
     off = make_cfg(backend="torch-gpu", batch=64, crop_padding=0, flip_p=0.0, erase_p=0.0)
     x_cpu, y_cpu = all_images(off, data, "cpu")
-    x_gpu, y_gpu = all_images(off, data, "cuda")
+    x_gpu, y_gpu = all_images(on_gpu(off), data, "cuda")
     assert torch.equal(y_cpu, y_gpu) and (x_cpu - x_gpu).abs().max().item() < 1e-5
     for backend in ("torch-gpu", "dali"):
-        _, labels = all_images(make_cfg(backend=backend, **FULL), data, "cuda", which="test")
+        _, labels = all_images(on_gpu(make_cfg(backend=backend, **FULL)), data, "cuda", which="test")
         assert torch.equal(labels, torch.from_numpy(data.labels))
     # statistics on the GPU's own generator: flip rate and exact mirrors
     flip = make_cfg(backend="torch-gpu", batch=100, crop_padding=0, flip_p=0.5, erase_p=0.0,
                     mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    x, y = all_images(flip, data, "cuda")
+    x, y = all_images(on_gpu(flip), data, "cuda")
     from pipelines.sharding import train_indices
 
     src = torch.from_numpy(data.images[train_indices(500, 3, 0, 0, 1)]).permute(0, 3, 1, 2)
@@ -187,3 +192,10 @@ def test_dali_gpu_queued_runs_give_the_same_batches():
                          churn=True) for p in (0, 2)}
     for (_, x0, y0), (_, x1, y1) in zip(runs[0], runs[2]):
         assert torch.equal(y0, y1) and torch.equal(x0, x1)
+
+
+def test_dali_on_the_gpu_for_a_cpu_training_device_is_one_line():
+    with pytest.raises(ConfigError, match=r"^loader.device: 'gpu' runs the dali loader on the training device, "
+                                          r"which is cpu here"):
+        build_loader(dataclasses.replace(make_cfg(backend="dali"), loader=dataclasses.replace(
+            make_cfg(backend="dali").loader, device="gpu")), "train", split(64), torch.device("cpu"))

@@ -240,6 +240,10 @@ def test_cuda_graph_settings_resolve_or_fail_in_one_line(capsys):
     assert err.count("\n") == 1 and err.startswith("train.cuda_graph:") and "DDP" in err
     assert graph(cuda, distributed=True, cuda_graph="auto") is False
     assert capsys.readouterr().err == ""
+    # auto with an SGD kernel that cannot be captured runs the plain step instead of failing later
+    for kernel in ("foreach", "for-loop"):
+        assert resolve_runtime(TrainConfig(cuda_graph="auto"), cuda, implementation=kernel).cuda_graph is False
+    assert resolve_runtime(TrainConfig(cuda_graph="auto"), cuda, implementation="fused").cuda_graph is True
 
 
 def test_trainer_refuses_a_cuda_graph_on_cpu(synthetic_root, tmp_path):

@@ -563,3 +563,25 @@ def test_non_finite_weights_are_never_checkpointed(synthetic_root, tmp_path):
         trainer.fit(break_weights)
     assert not list(run_dir.glob("checkpoint_epoch*.pt"))
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_a_run_saved_without_fp16_resumes_under_an_enabled_grad_scaler(synthetic_root, tmp_path):
+    """A bf16/fp32 run saves the disabled GradScaler's empty state; an enabled scaler (fp16, on
+    CUDA) refuses an empty state, so resuming such a run with --train.amp=fp16 used to crash."""
+    Trainer(tiny_config(synthetic_root, tmp_path / "run", train__epochs=1)).fit()
+    saved = ckpt.load_checkpoint(tmp_path / "run" / "checkpoint_epoch0001.pt")
+    assert saved["scaler"] == {}
+    resumed = Trainer(tiny_config(synthetic_root, tmp_path / "other", train__epochs=2))
+    resumed.step_fn.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as train.amp=fp16 builds it on CUDA
+    resumed.load_state(saved)
+    assert resumed.epoch == 1 and resumed.step_fn.scaler.get_scale() == 2.0 ** 16  # a fresh scale
+
+
+def test_cuda_rng_states_of_a_machine_with_more_gpus_restore_those_seen_here(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    state = {**ckpt.rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8) for _ in range(8)]}
+    ckpt.set_rng_state(state)
+    assert len(restored) == 1

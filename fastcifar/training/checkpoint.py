@@ -72,7 +72,8 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.cpu().numpy(), *rest))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        # a checkpoint from a machine with more GPUs (or other CUDA_VISIBLE_DEVICES) restores those seen here
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"][:torch.cuda.device_count()]])
 
 
 def _python_rng_tuple(state):

@@ -45,7 +45,7 @@ GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 
 def resolve_runtime(train: TrainConfig, device: torch.device, distributed: bool = False,
-                    announce: bool = False) -> Runtime:
+                    announce: bool = False, implementation: str = "auto") -> Runtime:
     """'auto' means the fast settings on CUDA and fp32 eager on CPU, where AMP and compile cost
     more than they give. train.cuda_graph=auto captures where it can and otherwise quietly runs
     the eager/compiled step; 'true' where it cannot is an error, except under DDP, where it
@@ -69,8 +69,9 @@ def resolve_runtime(train: TrainConfig, device: torch.device, distributed: bool 
         if not fused_tensor_lr_available():
             raise ConfigError(f"train.cuda_graph: torch {torch.__version__} has no fused SGD with a "
                               "tensor learning rate, which capture needs; use --train.cuda_graph=false")
-    elif train.cuda_graph == "auto":
+    elif train.cuda_graph == "auto":  # implementation: optim.implementation; capture needs fused SGD
         graph = (cuda and amp != "fp16" and fused_tensor_lr_available()
+                 and sgd_implementation(implementation, device) == "fused"
                  and not (compile_ and train.compile_mode in GRAPHED_COMPILE_MODES))
     if graph and distributed:
         # DDP's all-reduce inside a captured backward needs NCCL and DDP set up for it (its

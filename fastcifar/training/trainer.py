@@ -57,7 +57,8 @@ class Trainer:
         self.dist = dist or dist_lib.setup(cfg.train.device)
         self.main = self.dist.is_main
         config_lib.validate(cfg, self.dist.world_size)
-        self.runtime = resolve_runtime(cfg.train, self.dist.device, self.dist.distributed, announce=self.main)
+        self.runtime = resolve_runtime(cfg.train, self.dist.device, self.dist.distributed, announce=self.main,
+                                       implementation=cfg.optim.implementation)
         self.run_dir = Path(cfg.train.run_dir)
         seed_everything(cfg.train.seed, cfg.train.deterministic)
 
@@ -162,7 +163,8 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         ckpt.load_model_state(self.model, state["model"])
         self.step_fn.load_state_dict(state["optimizer"])
-        self.step_fn.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without fp16; an enabled GradScaler refuses an empty state
+            self.step_fn.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds = state.get("train_seconds", 0.0)
         ckpt.set_rng_state(state["rng"])
