@@ -87,3 +87,13 @@ def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
 
 def tiny_config(root: Path, run_dir: Path, world_size: int = 1, **extra) -> config_lib.Config:
     return config_lib.load(REPO / "configs" / "resnet20.yml", tiny_overrides(root, run_dir, **extra), world_size)
+
+
+@pytest.fixture
+def single_process_group(tmp_path):
+    """A gloo group of one process, for DDP wrappers and collectives in-process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

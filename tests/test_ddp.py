@@ -54,15 +54,22 @@ def test_two_process_gloo_ddp(synthetic_root, tmp_path):
     assert summary["world_size"] == 2 and summary["final_top1"] is not None
 
 
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on two cores
+
+
+def torchrun_command(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+            str(free_port()), "run.py", "configs/resnet20.yml", *overrides]
+
+
+def torchrun(overrides: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun_command(overrides), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=TORCHRUN_ENV)
+
+
 def test_torchrun_cli_two_processes(synthetic_root, tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-         str(free_port()), "run.py", "configs/resnet20.yml",
-         *tiny_overrides(synthetic_root, run_dir, **{"train.epochs": 1})],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
-    )
+    result = torchrun(tiny_overrides(synthetic_root, run_dir, **{"train.epochs": 1}), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "checkpoint_epoch0001.pt").is_file() and (run_dir / "config.yaml").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
@@ -71,13 +78,7 @@ def test_torchrun_cli_two_processes(synthetic_root, tmp_path):
 
 def test_missing_data_stops_every_rank_with_one_line(tmp_path):
     """Rank 0's data error reaches rank 1 at once instead of leaving it in a barrier."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-         str(free_port()), "run.py", "configs/resnet20.yml",
-         *tiny_overrides(tmp_path / "no-data", tmp_path / "run")],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
-    )
+    result = torchrun(tiny_overrides(tmp_path / "no-data", tmp_path / "run"))
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("run.py: error:")]
     assert len(errors) == 2 and all("CIFAR-10 not found under" in e for e in errors), result.stderr[-2000:]
@@ -119,13 +120,10 @@ def test_sigterm_to_torchrun_leaves_a_stopped_marker_and_no_traceback_of_ours(sy
     import time
 
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     stderr = open(tmp_path / "stderr.txt", "w+")
+    overrides = tiny_overrides(synthetic_root, run_dir, **{"train.epochs": 20, "train.checkpoint_every": 100})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-         str(free_port()), "run.py", "configs/resnet20.yml",
-         *tiny_overrides(synthetic_root, run_dir, **{"train.epochs": 20, "train.checkpoint_every": 100})],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env)
+        torchrun_command(overrides), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=TORCHRUN_ENV)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.is_file() and '"loss"' in metrics.read_text()):  # inside epoch 1
@@ -149,13 +147,7 @@ def test_divergence_stops_every_rank_at_the_same_step(synthetic_root, tmp_path):
     """The window's loss is summed over ranks before the check: no rank trains on while another
     has stopped (it would wait in the next all-reduce until the timeout)."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-         str(free_port()), "run.py", "configs/resnet20.yml",
-         *tiny_overrides(synthetic_root, run_dir, **{"optim.lr": 1e6, "train.epochs": 3})],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
-    )
+    result = torchrun(tiny_overrides(synthetic_root, run_dir, **{"optim.lr": 1e6, "train.epochs": 3}))
     assert result.returncode != 0  # torchrun reports any non-zero worker status as its own 1
     assert result.stderr.count("run.py: diverged: training loss is") == 1, result.stderr[-3000:]
     assert "exitcode  : 4" in result.stderr or "exitcode: 4" in result.stderr.replace(" ", "")

@@ -359,13 +359,6 @@ def test_bn_buffers_are_averaged_with_one_all_reduce(monkeypatch):
     assert len(calls) == 1  # alone: nothing to average
 
 
-@pytest.fixture
-def single_process_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_ddp_is_built_without_deprecated_arguments(single_process_group):
     model = build_model("resnet8")
     with warnings.catch_warnings():

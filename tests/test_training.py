@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 from conftest import tiny_config
 
 from fastcifar import config as config_lib
@@ -114,13 +113,6 @@ def test_checkpoint_is_atomic_prefix_free_and_weights_only(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="could not be read"):
         ckpt.load_checkpoint(path)
-
-
-@pytest.fixture
-def single_process_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_text_files_are_replaced_whole_or_not_at_all(tmp_path):
