@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from fastcifar.distributed import DEVICE_CHOICES
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 BASE_CONFIG = REPO / "configs" / "resnet20.yml"  # lists every key; model and loader are set per figure
@@ -69,7 +71,7 @@ def depth(text: str) -> int:
 def add_run_options(p: argparse.ArgumentParser, data: tuple[str, str], depths) -> None:
     """The options throughput.py and time_to_accuracy.py share; `data` lists the choices, default first."""
     p.add_argument("--depths", type=depth, nargs="+", default=list(depths), help="depths (6n+2)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--data", choices=data, default=data[0], help="synthetic: random, or learnable for training")
     p.add_argument("--synthetic-size", type=positive_int, default=50_000, help="synthetic train images")
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<kind>-<device>.json")

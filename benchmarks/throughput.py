@@ -59,7 +59,7 @@ def parse_args(argv):
         args.device = resolve_device(args.device)
         for batch in args.batch_sizes:  # a bad override fails now, not after an hour
             args.fast = make_config(args, args.depths[0], args.loaders[0], batch)
-            args.runtime = resolve_runtime(args.fast.train, args.device)
+            args.runtime = resolve_runtime(args.fast.train, args.device, implementation=args.fast.optim.implementation)
     except FastcifarError as e:
         p.error(str(e))
     too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
@@ -200,7 +200,7 @@ def bench_depth(args, depth: int, data) -> dict:
     result = {"depth": depth, "model": f"resnet{depth}", **counts, "batches": [], "seed_style": None}
     for batch in args.batch_sizes:
         cfg = make_config(args, depth, args.loaders[0], batch)
-        compiled = resolve_runtime(cfg.train, args.device).compile
+        compiled = args.runtime.compile  # every batch size resolves alike (checked in parse_args)
         with fresh_inductor_cache() if compiled else contextlib.nullcontext():  # each (depth, batch) starts cold
             step, model = model_alone(args, cfg, counts, compiled)
             entry = {"batch_size": batch, "model_alone": model, "loaders": {},
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     rt, name = args.runtime, common.device_name(args.device)
     config = {"amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "none", "compile": rt.compile,
               "compile_mode": rt.compile_mode, "channels_last": rt.channels_last,
-              "cuda_graph": args.fast.train.cuda_graph}
+              "cuda_graph": rt.cuda_graph}
     settings = {k: getattr(args, k) for k in ("depths", "loaders", "batch_sizes", "steps", "warmup", "repeats",
                                               "overrides", "data", "seed")}
     out = common.result("throughput", SCHEMA_VERSION, complete=False, settings={

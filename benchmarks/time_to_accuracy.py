@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             stderr_line(str(e))
         return STOPPED_EXIT
     except Diverged as e:  # every rank saw the same reduced loss, so every rank is here
-        stderr_line(f"time_to_accuracy.py: diverged: {e}")
+        if dist.is_main:
+            stderr_line(f"time_to_accuracy.py: diverged: {e}")
         return DIVERGED_EXIT
     except FastcifarError as e:
         stderr_line(f"time_to_accuracy.py: error: {e}")

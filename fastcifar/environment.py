@@ -34,6 +34,24 @@ def _version(prefix: str) -> str | None:
     return None
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as DataLoader counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment() -> dict:
     """Recorded with every benchmark result; no hostname, no user."""
     import torchvision
@@ -52,6 +70,7 @@ def environment() -> dict:
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "driver": driver.splitlines()[0] if driver else None,
         "gpu": gpus[0] if gpus else None, "gpu_count": len(gpus), "gpus": gpus,
-        "cpu": platform.processor() or None, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_count_usable": usable_cpus(),
+        "torch_threads": torch.get_num_threads(),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),  # > 1 under torchrun
     }

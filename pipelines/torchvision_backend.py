@@ -7,12 +7,12 @@ on the number of workers, and a resumed run sees the same augmented images as an
 
 from __future__ import annotations
 
-import os
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
+from fastcifar.environment import usable_cpus
 from pipelines.base import LoaderSpec, register_loader, to_model_input
 from pipelines.sharding import EpochPlan
 
@@ -62,13 +62,6 @@ class EpochBatchSampler(EpochPlan, Sampler):
         indices, size = self.order(), self.spec.batch_size
         for step in range(self.steps):
             yield self.key(step), indices[step * size:(step + 1) * size]
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, as DataLoader counts them)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 class TorchvisionLoader:

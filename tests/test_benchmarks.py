@@ -465,3 +465,12 @@ def test_report_draws_training_curves(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     with pytest.raises(SystemExit):
         report.main(["--runs", str(tmp_path / "missing"), "--curves", str(png)])
+
+
+def test_environment_names_the_cpu_and_the_cpus_usable():
+    from fastcifar.environment import environment
+
+    env = environment()
+    assert env["cpu_count_usable"] >= 1
+    if os.path.isfile("/proc/cpuinfo"):
+        assert env["cpu"]

@@ -510,3 +510,10 @@ def test_prefetched_cuda_batches_equal_the_loaders(synthetic_root, tmp_path):
     for (a, b), (c, d) in pairs:
         assert c.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def test_a_cuda_graph_with_a_sgd_kernel_that_cannot_be_captured_is_refused_when_resolved():
+    """Found before a model is built (throughput.py checks its options with it), not inside."""
+    for kernel in ("foreach", "for-loop"):
+        with pytest.raises(ConfigError, match=rf"^optim.implementation: '{kernel}' cannot run in a captured"):
+            resolve_runtime(TrainConfig(cuda_graph="true"), torch.device("cuda"), implementation=kernel)

@@ -69,6 +69,7 @@ def resolve_runtime(train: TrainConfig, device: torch.device, distributed: bool 
         if not fused_tensor_lr_available():
             raise ConfigError(f"train.cuda_graph: torch {torch.__version__} has no fused SGD with a "
                               "tensor learning rate, which capture needs; use --train.cuda_graph=false")
+        require_fused(sgd_implementation(implementation, device))
     elif train.cuda_graph == "auto":  # implementation: optim.implementation; capture needs fused SGD
         graph = (cuda and amp != "fp16" and fused_tensor_lr_available()
                  and sgd_implementation(implementation, device) == "fused"
@@ -127,6 +128,13 @@ def sgd_implementation(choice: str, device: torch.device) -> str:
     return "fused" if device.type in fused_devices else "foreach"
 
 
+def require_fused(implementation: str) -> None:
+    if implementation != "fused":
+        raise ConfigError(f"optim.implementation: {implementation!r} cannot run in a captured CUDA "
+                          "graph (it reads the learning rate on the host); use fused or auto, or "
+                          "--train.cuda_graph=false")
+
+
 def _implementation_flags(implementation: str) -> dict:
     return {"fused": implementation == "fused", "foreach": implementation == "foreach"}
 
@@ -136,10 +144,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, runtime: Runtime | None 
     fused (the kernel reads a device learning rate; foreach would read it on the host)."""
     device = next(model.parameters()).device
     implementation = sgd_implementation(cfg.implementation, device)
-    if runtime is not None and runtime.cuda_graph and implementation != "fused":
-        raise ConfigError(f"optim.implementation: {implementation!r} cannot run in a captured CUDA "
-                          "graph (it reads the learning rate on the host); use fused or auto, or "
-                          "--train.cuda_graph=false")
+    if runtime is not None and runtime.cuda_graph:  # for runtimes resolved without the implementation
+        require_fused(implementation)
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
