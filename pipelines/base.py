@@ -16,6 +16,7 @@ import torch
 
 from fastcifar.config import AugmentConfig, Config, LoaderConfig
 from fastcifar.data import CifarSplit
+from fastcifar.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -43,6 +44,19 @@ class LoaderSpec:
     seed: int
     rank: int = 0
     world_size: int = 1
+
+
+def loader_device(spec: LoaderSpec) -> torch.device:
+    """Where a backend augments: loader.device, where auto is the training device."""
+    wanted = spec.loader.device
+    if wanted == "auto":
+        return spec.device
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"loader.device: 'gpu' needs CUDA, which is not available here; "
+                          f"use --loader.device=cpu (or auto) for the {spec.loader.name} loader")
+    return spec.device if spec.device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
 
 
 LOADERS: dict[str, Callable[[LoaderSpec], Loader]] = {}

@@ -35,7 +35,7 @@ import torch
 
 from fastcifar.environment import usable_cpus
 from fastcifar.errors import ConfigError
-from pipelines.base import LoaderSpec, register_loader
+from pipelines.base import LoaderSpec, loader_device, register_loader
 from pipelines.sharding import EpochPlan, index_tensor
 from pipelines.torch_gpu import draw
 
@@ -53,13 +53,10 @@ def _import_dali():
 
 def pipeline_device(spec: LoaderSpec) -> str:
     """'gpu' or 'cpu': where the DALI operators run."""
-    wanted = spec.loader.device
-    if wanted == "auto":
-        wanted = "gpu" if spec.device.type == "cuda" else "cpu"
-    if wanted == "gpu" and spec.device.type != "cuda":  # its outputs are bound to the training device's stream
+    if spec.loader.device == "gpu" and spec.device.type != "cuda":  # its outputs are bound to that device's stream
         raise ConfigError(f"loader.device: 'gpu' runs the dali loader on the training device, which is "
                           f"{spec.device.type} here; use --loader.device=cpu (or auto), or train on CUDA")
-    return wanted
+    return "gpu" if loader_device(spec).type == "cuda" else "cpu"
 
 
 def uses_draws(spec: LoaderSpec) -> tuple[bool, bool]:

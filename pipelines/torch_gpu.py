@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fastcifar.config import AugmentConfig
-from fastcifar.errors import ConfigError
-from pipelines.base import LoaderSpec, register_loader
+from pipelines.base import LoaderSpec, loader_device, register_loader
 from pipelines.sharding import EpochPlan, index_tensor
 
 ERASE_TRIES = 10  # torchvision's RandomErasing tries 10 rectangles before giving up
@@ -99,23 +98,10 @@ class BatchAugment:
         return out.masked_fill(mask[..., None], self.augment.erase_value)
 
 
-def augment_device(spec: LoaderSpec) -> torch.device:
-    """Where the batches are augmented: loader.device, where auto is the training device."""
-    wanted = spec.loader.device
-    if wanted == "auto":
-        return spec.device
-    if wanted == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("loader.device: 'gpu' needs CUDA, which is not available here; "
-                          "use --loader.device=cpu (or auto) for the torch-gpu loader")
-    return spec.device if spec.device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
-
-
 class TorchGpuLoader(EpochPlan):
     def __init__(self, spec: LoaderSpec):
         super().__init__(spec)
-        self.device = device = augment_device(spec)
+        self.device = device = loader_device(spec)
         self.images = torch.from_numpy(spec.data.images).to(device)  # uploaded once
         self.labels = torch.from_numpy(spec.data.labels).to(device)
         self.augment = BatchAugment(spec, device)
