@@ -171,10 +171,20 @@ def read_checkpoint(source: str | Path) -> tuple[dict, Path, dict | None]:
     return ckpt.clean_state_dict(state), path, config if isinstance(config, dict) else None
 
 
-def checkpoint_state(source: str | Path) -> tuple[dict, Path]:
-    """The model state of a training checkpoint, or of the latest one in a run directory."""
-    state, path, _config = read_checkpoint(source)
-    return state, path
+def check_shippable(config: dict | None, path: Path) -> None:
+    """Shipped weights are used with CIFAR-10's default normalisation and option A shortcuts (as the
+    hub's models are built and evaluated): a run trained otherwise would be shipped with a wrong accuracy.
+    A plain state dict carries no config; its shortcut is still checked by the strict load."""
+    from fastcifar.config import CIFAR10_MEAN, CIFAR10_STD
+
+    wanted = {"data.dataset": "cifar10", "model.shortcut": "A", "augment.mean": list(CIFAR10_MEAN),
+              "augment.std": list(CIFAR10_STD)}
+    for key, want in wanted.items() if config else ():
+        section, name = key.split(".")
+        got = (config.get(section) or {}).get(name, want)
+        if (list(got) if isinstance(got, (list, tuple)) else got) != want:
+            raise HubError(f"{path}: {key} is {got!r}, but shipped weights need {want!r} (the hub's "
+                           "normalisation and shortcuts); evaluate this run with `python -m fastcifar.evaluate` instead")
 
 
 def export_weights(source: str | Path, name: str, data_root: str | Path,
@@ -184,7 +194,8 @@ def export_weights(source: str | Path, name: str, data_root: str | Path,
     and on the first SUBSET test images (CPU, fp32) in the manifest. `record` (e.g. the run's
     seed and final accuracy during training) is stored beside them."""
     weights_dir = Path(weights_dir)
-    state, path = checkpoint_state(source)
+    state, path, config = read_checkpoint(source)
+    check_shippable(config, path)
     model = build_model(model_name(name), num_classes=10)
     load_into(model, state, path)  # strict: a wrong depth fails here, not for a user later
     plain = {k: (v.float() if v.is_floating_point() else v).contiguous()

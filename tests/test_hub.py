@@ -85,6 +85,25 @@ def test_exporting_a_checkpoint_of_another_depth_fails_before_writing(exported, 
     assert "cifar10_resnet32" not in hub.read_manifest(weights)["weights"]
 
 
+@pytest.mark.parametrize("section, values, key", [
+    ("augment", {"mean": [0.5, 0.5, 0.5]}, "augment.mean"), ("model", {"shortcut": "B"}, "model.shortcut"),
+    ("data", {"dataset": "cifar100"}, "data.dataset")])
+def test_a_run_trained_unlike_the_hub_models_is_not_shipped(exported, tmp_path, synthetic_root, section, values, key):
+    from fastcifar import config as config_lib
+
+    model, weights, _entry = exported
+    tree = config_lib.to_dict(config_lib.Config())
+    path = ckpt.checkpoint_path(tmp_path / "run", 200)
+    ckpt.save_checkpoint(path, {"model": model.state_dict(), "epoch": 200, "config": tree})
+    assert hub.export_weights(path, "cifar10_resnet20", synthetic_root, tmp_path / "ok")  # the defaults ship
+    tree[section].update(values)
+    ckpt.save_checkpoint(path, {"model": model.state_dict(), "epoch": 200, "config": tree})
+    with pytest.raises(hub.HubError, match=rf"^{re.escape(str(path))}: {re.escape(key)} is .* but shipped weights "
+                                           r"need .*fastcifar.evaluate` instead$"):
+        hub.export_weights(path, "cifar10_resnet20", synthetic_root, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
 def run_evaluate(*args):
     return subprocess.run([sys.executable, "-m", "fastcifar.evaluate", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
