@@ -223,10 +223,7 @@ class DaliLoader(EpochPlan):
             self.pipe.outputs(cuda_stream=self._stream)  # bound to the stream: dropped without a wait
         indices = self.order()
         runs = self.runs(len(indices))
-        if s.device.type == "cuda":  # pinned, so the upload does not wait for the GPU's queue
-            order = torch.tensor(indices, dtype=torch.int64).pin_memory().to(s.device, non_blocking=True)
-        else:
-            order = index_tensor(indices, s.device)
+        order = index_tensor(indices, s.device)
         gather = order if self.device == "gpu" else np.asarray(indices, np.int64)
 
         def feed(r: int) -> None:
