@@ -20,7 +20,6 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 # He et al. 2016, Table 6: CIFAR-10 test error -> top-1 accuracy, for the depths the paper trained.
 PAPER_TOP1 = {20: 91.25, 32: 92.49, 44: 92.83, 56: 93.03, 110: 93.39, 1202: 92.07}
 PAPER_TABLE_DEPTHS = (20, 32, 44, 56, 110)
-OVERRIDE = re.compile(r"^--[A-Za-z_]\w*\.[A-Za-z_]\w*=")  # --section.key=value
 log = functools.partial(print, file=sys.stderr, flush=True)
 
 
@@ -34,7 +33,7 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 
 def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args, rest = p.parse_known_args(argv)
-    bad = [a for a in rest if not OVERRIDE.match(a)]
+    bad = [a for a in rest if not re.match(r"--[A-Za-z_]\w*\.[A-Za-z_]\w*=", a)]  # --section.key=value
     if bad:
         p.error(f"unrecognized argument {bad[0]!r} (config overrides look like --train.epochs=10)")
     args.overrides = rest

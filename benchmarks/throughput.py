@@ -26,6 +26,7 @@ from fastcifar.config import LoaderName, choices, load
 from fastcifar.data import load_cifar
 from fastcifar.distributed import resolve_device
 from fastcifar.errors import FastcifarError
+from fastcifar.flops import peak_bandwidth
 from fastcifar.models import PAPER_DEPTHS, build_model
 from fastcifar.synthetic import synthetic_split
 from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
@@ -59,12 +60,12 @@ def parse_args(argv):
     too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
     if args.data == "synthetic" and too_big:
         p.error(f"batch {too_big[0]} is larger than --synthetic-size {args.synthetic_size}")
-    try:  # a bad override or missing data fails now, not after an hour
+    try:  # a bad override or missing data fails now, not after an hour; no check depends on the batch size
         args.device = resolve_device(args.device)
-        args.fast = make_config(args, args.depths[0], args.loaders[0], args.batch_sizes[0])  # no check needs the batch
+        args.fast = make_config(args, args.depths[0], args.loaders[0], args.batch_sizes[0])
         args.runtime = resolve_runtime(args.fast.train, args.device, implementation=args.fast.optim.implementation)
-        args.split = (synthetic_split(args.synthetic_size, seed=args.seed, learnable=False) if args.data == "synthetic"
-                      else load_cifar("cifar10", args.fast.data.root, "train", download=True))
+        args.split = (load_cifar("cifar10", args.fast.data.root, "train", download=True) if args.data == "cifar10"
+                      else synthetic_split(args.synthetic_size, seed=args.seed, learnable=False))
     except FastcifarError as e:
         p.error(str(e))
     args.out = args.out or common.out_path("throughput", args.device)
@@ -98,7 +99,7 @@ def endless(loader):
 
 
 def timed(run, device: torch.device, calls: int = 1) -> float:
-    """Seconds for `calls` calls of run(), between device syncs (wall clock: loaders work partly on the host)."""
+    """Wall-clock seconds of `calls` calls of run() between device syncs (loaders work partly on the host)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _device: None
     sync(device)
     start = time.perf_counter()
@@ -142,7 +143,7 @@ def measure(what: str, run, batch: int, args, warmup: int, counts: dict | None =
         moved = flops.bytes_per_image(counts, batch, dtype_bytes(step))
         fig["tflops"] = summarize([flops.train_tflops(v, counts["macs_per_image"]) for v in rates])
         fig["bytes_per_s"] = summarize([v * moved for v in rates])
-        peak = flops.peak_bandwidth(common.device_name(device))
+        peak = peak_bandwidth(common.device_name(device))
         fig["bandwidth_fraction"] = fig["bytes_per_s"]["median"] / peak if peak else None
     log(f"  {what}: {fig['images_per_s']['median']:,.0f} images/s")
     return fig
@@ -154,7 +155,7 @@ def ratio(num: dict | None, den: dict | None) -> float | None:
 
 
 def model_alone(args, cfg, counts: dict):
-    """-> (step, figure) on one random batch. Compiled, it is built again on the warm cache: that step is kept."""
+    """-> (step, figure) on a random batch; compiled, the step is built again on the warm cache and kept."""
     step, batch = build_step(cfg, args.device), cfg.train.batch_size
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(batch, 3, 32, 32, generator=gen).to(args.device, memory_format=step.runtime.memory_format)
@@ -206,60 +207,56 @@ def flag(entry: dict, model: dict) -> dict:
     return entry
 
 
-def bench_batch(args, cfgs: list, counts: dict, alone: bool = True) -> dict:
-    """From a cold inductor cache: the model alone, then each config's loader alone (if `alone`) and end to end."""
+def bench_depth(args, depth: int) -> dict:
     from torch._inductor.utils import fresh_inductor_cache  # a new TORCHINDUCTOR_CACHE_DIR, memory caches cleared
 
-    batch = cfgs[0].train.batch_size
-    with fresh_inductor_cache():
-        step, model = model_alone(args, cfgs[0], counts)
-        loaders = {c.loader.name: flag(bench_loader(args, c, step, counts, alone), model) for c in cfgs}
-    entry = {"batch_size": batch, "model_alone": model, "loaders": loaders,
-             "bytes_per_image": flops.bytes_per_image(counts, batch, dtype_bytes(step)) if step else None}
-    del step
-    common.release(args.device)
-    return entry
-
-
-def bench_depth(args, depth: int) -> dict:
     counts = flops.count(f"resnet{depth}")
-    batches = [bench_batch(args, [make_config(args, depth, name, batch) for name in args.loaders], counts)
-               for batch in args.batch_sizes]
-    result = {"depth": depth, "model": f"resnet{depth}", **counts, "batches": batches, "seed_style": None}
+    result = {"depth": depth, "model": f"resnet{depth}", **counts, "batches": [], "seed_style": None}
+    for batch in args.batch_sizes:
+        with fresh_inductor_cache():  # each (depth, batch) starts cold
+            step, model = model_alone(args, make_config(args, depth, args.loaders[0], batch), counts)
+            loaders = {name: flag(bench_loader(args, make_config(args, depth, name, batch), step, counts), model)
+                       for name in args.loaders}
+        entry = {"batch_size": batch, "model_alone": model, "loaders": loaders,
+                 "bytes_per_image": flops.bytes_per_image(counts, batch, dtype_bytes(step)) if step else None}
+        result["batches"].append(entry)
+        del step
+        common.release(args.device)
     if args.baseline is None:
         return result
     log("  seed-style baseline")
     cfg = make_config(args, depth, "torchvision", args.baseline_batch_size, seed_style=True)
-    base = bench_batch(args, [cfg], counts, alone=False)
-    model, e2e, first = base["model_alone"], base["loaders"]["torchvision"], batches[0]
-    result["seed_style"] = {"setting": args.baseline, "model_alone": model,
-                            "end_to_end": e2e["end_to_end"] or {"error": e2e["error"]},  # or no loader
-                            **{k: e2e[k] for k in ("ratio_end_to_end_to_model", "suspect")},
-                            "speedup_model_alone": ratio(first["model_alone"], model),
-                            "speedup_end_to_end": {n: ratio(e["end_to_end"], e2e["end_to_end"])
-                                                   for n, e in first["loaders"].items()}}
+    step, model = model_alone(args, cfg, counts)
+    e2e = bench_loader(args, cfg, step, counts, alone=False)
+    base = flag({"setting": args.baseline, "model_alone": model, "end_to_end": e2e["end_to_end"] or e2e}, model)
+    first = result["batches"][0]
+    base["speedup_model_alone"] = ratio(first["model_alone"], model)
+    base["speedup_end_to_end"] = {n: ratio(e["end_to_end"], base["end_to_end"])
+                                  for n, e in first["loaders"].items()}
+    result["seed_style"] = base
+    del step
+    common.release(args.device)
     return result
 
 
 def dali_redesign(args) -> dict:
-    """COMMIT's DaliLoader, from `git show`, against the current one."""
+    """COMMIT's DaliLoader, from `git show`, against the current one: an epoch of each in turn per repeat."""
     torch.set_num_threads(1)  # torch's spinning OpenMP threads starve DALI's on a small CPU
     path = f"{args.dali_previous}:pipelines/dali.py"
-    source = subprocess.run(["git", "show", path], cwd=common.REPO, capture_output=True, text=True, check=True).stdout
+    git = subprocess.run(["git", "show", path], cwd=common.REPO, capture_output=True, text=True, check=True)
     current, previous = pipelines.LOADERS["dali"], {"__name__": "dali_previous"}
-    exec(compile(source, path, "exec"), previous)
+    exec(compile(git.stdout, path, "exec"), previous)
     pipelines.LOADERS["dali"] = current  # the old module registered itself under the same name
     cfg, batch, cpu = args.fast, args.batch_sizes[0], torch.device("cpu")
     spec = pipelines.base.LoaderSpec(args.split, True, batch, cfg.augment,
                                      dataclasses.replace(cfg.loader, device="cpu"), cpu, True, torch.float32, 0)
     loaders = {"previous": previous["DaliLoader"](spec), "current": current(spec)}
-    steps, rates = len(loaders["current"]), {name: [] for name in loaders}
-    for repeat in range(args.repeats + 1):  # the first, untimed, warms up
+    steps, seconds = len(loaders["current"]), {name: [] for name in loaders}
+    for repeat in range(args.repeats + 1):  # the first warms up
         for name, loader in loaders.items():
             loader.set_epoch(repeat)
-            took = timed(lambda: sum(1 for _ in loader), cpu)
-            rates[name] += [steps * batch / took] if repeat else []
-    rates = {name: summarize(values) for name, values in rates.items()}
+            seconds[name].append(timed(lambda: sum(1 for _ in loader), cpu))
+    rates = {name: summarize([steps * batch / s for s in values[1:]]) for name, values in seconds.items()}
     log({name: round(r["median"]) for name, r in rates.items()})
     return common.result("dali_cpu_redesign", 1, previous_commit=args.dali_previous, settings={
         "batch_size": batch, "images": len(args.split), "repeats": args.repeats, "steps_per_epoch": steps,
@@ -279,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: getattr(args, k) for k in ("depths", "loaders", "batch_sizes", "steps", "warmup", "repeats",
                                               "overrides", "data", "seed")}
     out = common.result("throughput", SCHEMA_VERSION, complete=False, settings={
-        **settings, "device": args.device.type, "device_name": name, "peak_bandwidth": flops.peak_bandwidth(name),
+        **settings, "device": args.device.type, "device_name": name, "peak_bandwidth": peak_bandwidth(name),
         "config": {"amp": str(rt.amp_dtype or "none").removeprefix("torch."), **config},
         "workers": args.fast.loader.workers, "data_size": len(args.split), "seed_style": args.baseline},
         timing=TIMING, flops_convention=flops.FLOPS_CONVENTION, bytes_convention=flops.BYTES_CONVENTION, results=[])
