@@ -85,9 +85,8 @@ def make_config(args, depth: int, loader: str, batch: int, seed_style: bool = Fa
 def build_step(cfg, device: torch.device) -> TrainStep:
     """The trainer's own step (a whole-step CUDA graph under --train.cuda_graph=true)."""
     runtime = resolve_runtime(cfg.train, device, implementation=cfg.optim.implementation)
-    model = build_model(cfg.model.name, 10, cfg.model.shortcut)
+    model = build_model(cfg.model.name, 10, cfg.model.shortcut)  # a new module: in training mode
     _, train_model = prepare_model(model, runtime, distributed=False)
-    train_model.train()
     return build_train_step(train_model, build_optimizer(model, cfg.optim, runtime), runtime, cfg.optim.label_smoothing)
 
 
