@@ -26,7 +26,6 @@ from fastcifar.config import LoaderName, choices, load
 from fastcifar.data import load_cifar
 from fastcifar.distributed import resolve_device
 from fastcifar.errors import FastcifarError
-from fastcifar.flops import peak_bandwidth
 from fastcifar.models import PAPER_DEPTHS, build_model
 from fastcifar.synthetic import synthetic_split
 from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
@@ -69,6 +68,7 @@ def parse_args(argv):
     except FastcifarError as e:
         p.error(str(e))
     args.out = args.out or common.out_path("throughput", args.device)
+    args.peak = flops.peak_bandwidth(common.device_name(args.device))  # bytes/s; None when unknown
     args.baseline = None if args.no_baseline else {**SEED_STYLE, "batch_size": args.baseline_batch_size,
                                                    "workers": args.baseline_workers}
     return args
@@ -142,8 +142,7 @@ def measure(what: str, run, batch: int, args, warmup: int, counts: dict | None =
         moved = flops.bytes_per_image(counts, batch, dtype_bytes(step))
         fig["tflops"] = summarize([flops.train_tflops(v, counts["macs_per_image"]) for v in rates])
         fig["bytes_per_s"] = summarize([v * moved for v in rates])
-        peak = peak_bandwidth(common.device_name(device))
-        fig["bandwidth_fraction"] = fig["bytes_per_s"]["median"] / peak if peak else None
+        fig["bandwidth_fraction"] = fig["bytes_per_s"]["median"] / args.peak if args.peak else None
     log(f"  {what}: {fig['images_per_s']['median']:,.0f} images/s")
     return fig
 
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: getattr(args, k) for k in ("depths", "loaders", "batch_sizes", "steps", "warmup", "repeats",
                                               "overrides", "data", "seed")}
     out = common.result("throughput", SCHEMA_VERSION, complete=False, settings={
-        **settings, "device": args.device.type, "device_name": name, "peak_bandwidth": peak_bandwidth(name),
+        **settings, "device": args.device.type, "device_name": name, "peak_bandwidth": args.peak,
         "config": {"amp": str(rt.amp_dtype or "none").removeprefix("torch."), **config},
         "workers": args.fast.loader.workers, "data_size": len(args.split), "seed_style": args.baseline},
         timing=TIMING, flops_convention=flops.FLOPS_CONVENTION, bytes_convention=flops.BYTES_CONVENTION, results=[])
