@@ -8,31 +8,32 @@ sets that config key for every figure but the baseline's (e.g. --train.cuda_grap
 one in one process, an epoch of each in turn per repeat (issue #11; see benchmarks/results/README.md).
 """
 
-import contextlib
 import dataclasses
 import itertools
 import os
+import statistics
 import subprocess
 import sys
-import types
+import time
 
 import torch
 
 import pipelines
 from benchmarks import common, report
 from benchmarks.common import log
-from fastcifar import config as config_lib
 from fastcifar import flops
-from fastcifar.config import LoaderName, choices
+from fastcifar.config import LoaderName, choices, load
+from fastcifar.data import load_cifar
 from fastcifar.distributed import resolve_device
-from fastcifar.errors import FastcifarError, stderr_line
-from fastcifar.flops import peak_bandwidth
+from fastcifar.errors import FastcifarError
 from fastcifar.models import PAPER_DEPTHS, build_model
+from fastcifar.synthetic import synthetic_split
 from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
 from fastcifar.training.graph import build_train_step
 from fastcifar.training.prefetch import prefetch
 
 SCHEMA_VERSION = 2
+BASE_CONFIG = common.REPO / "configs" / "resnet20.yml"  # lists every key; model and loader are set per figure
 SUSPECT_RATIO = 1.1  # end to end can at best equal the model alone; beyond noise, a figure is wrong
 SEED_STYLE = {"amp": "none", "compile": False, "channels_last": False, "cuda_graph": False}
 TIMING = ("first step timed apart, then `warmup` untimed steps (loader-fed: at least an epoch), then `repeats` "
@@ -55,18 +56,21 @@ def parse_args(argv):
     p.add_argument("--baseline-workers", type=common.non_negative_int, default=4)
     p.add_argument("--dali-previous", metavar="COMMIT", default=None, help="compare DALI designs (CPU mode)")
     args = common.parse_with_overrides(p, argv)
-    try:
-        args.device = resolve_device(args.device)
-        for batch in args.batch_sizes:  # a bad override fails now, not after an hour
-            args.fast = make_config(args, args.depths[0], args.loaders[0], batch)
-            args.runtime = resolve_runtime(args.fast.train, args.device, implementation=args.fast.optim.implementation)
-    except FastcifarError as e:
-        p.error(str(e))
     too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
     if args.data == "synthetic" and too_big:
         p.error(f"batch {too_big[0]} is larger than --synthetic-size {args.synthetic_size}")
+    try:  # a bad override or missing data fails now, not after an hour; no check depends on the batch size
+        args.device = resolve_device(args.device)
+        args.fast = make_config(args, args.depths[0], args.loaders[0], args.batch_sizes[0])
+        args.runtime = resolve_runtime(args.fast.train, args.device, implementation=args.fast.optim.implementation)
+        args.split = (load_cifar("cifar10", args.fast.data.root, "train", download=True) if args.data == "cifar10"
+                      else synthetic_split(args.synthetic_size, seed=args.seed, learnable=False))
+    except FastcifarError as e:
+        p.error(str(e))
     args.out = args.out or common.out_path("throughput", args.device)
-    args.baseline = {**SEED_STYLE, "batch_size": args.baseline_batch_size, "workers": args.baseline_workers}
+    args.peak = flops.peak_bandwidth(common.device_name(args.device))  # bytes/s; None when unknown
+    args.baseline = None if args.no_baseline else {**SEED_STYLE, "batch_size": args.baseline_batch_size,
+                                                   "workers": args.baseline_workers}
     return args
 
 
@@ -75,15 +79,14 @@ def make_config(args, depth: int, loader: str, batch: int, seed_style: bool = Fa
               "train__device": args.device.type, "train__seed": args.seed}
     if seed_style:
         forced.update({f"train__{k}": v for k, v in SEED_STYLE.items()}, loader__workers=args.baseline_workers)
-    return config_lib.load(common.BASE_CONFIG, [*([] if seed_style else args.overrides), *common.overrides(**forced)])
+    return load(BASE_CONFIG, [*([] if seed_style else args.overrides), *common.overrides(**forced)])
 
 
 def build_step(cfg, device: torch.device) -> TrainStep:
     """The trainer's own step (a whole-step CUDA graph under --train.cuda_graph=true)."""
     runtime = resolve_runtime(cfg.train, device, implementation=cfg.optim.implementation)
-    model = build_model(cfg.model.name, 10, cfg.model.shortcut)
+    model = build_model(cfg.model.name, 10, cfg.model.shortcut)  # a new module: in training mode
     _, train_model = prepare_model(model, runtime, distributed=False)
-    train_model.train()
     return build_train_step(train_model, build_optimizer(model, cfg.optim, runtime), runtime, cfg.optim.label_smoothing)
 
 
@@ -94,35 +97,52 @@ def endless(loader):
         yield from loader
 
 
-def measure(step_fn, batch: int, args, warmup: int, counts: dict | None = None, dtype_bytes: int = 4) -> dict:
+def timed(run, device: torch.device, calls: int = 1) -> float:
+    """Wall-clock seconds of `calls` calls of run() between device syncs (loaders work partly on the host)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _device: None
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def summarize(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": list(values)}
+
+
+def error_text(exc: BaseException) -> str:  # the type and the message's first line
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}".rstrip(": ")
+
+
+def dtype_bytes(step) -> int:
+    return (step.runtime.amp_dtype or torch.float32).itemsize
+
+
+def measure(what: str, run, batch: int, args, warmup: int, counts: dict | None = None, step=None) -> dict:
+    """One figure of run(), a batch a call; given the step it runs and its model's counts, TFLOP/s and bytes/s
+    too. A failure (OOM, a backend that cannot run here) becomes an error entry."""
     device = args.device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    first = common.timed(step_fn, device)[0]
-    warm = common.timed(lambda: [step_fn() for _ in range(warmup)], device)[0]
-    seconds = common.timed(lambda: [step_fn() for _ in range(args.steps)], device, args.repeats)
-    fig = {"images_per_s": common.summarize([args.steps * batch / s for s in seconds]),
-           "step_ms": common.summarize([1000 * s / args.steps for s in seconds]),
+    try:
+        if device.type == "cuda":  # the allocator's statistics are kept on the host: no sync needed
+            torch.cuda.reset_peak_memory_stats(device)
+        first = timed(run, device)
+        warm = timed(run, device, warmup)
+        seconds = [timed(run, device, args.steps) for _ in range(args.repeats)]
+    except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the run
+        log(f"  {what}: FAILED: {error_text(e)}")
+        return {"error": error_text(e)}
+    rates = [args.steps * batch / s for s in seconds]
+    fig = {"images_per_s": summarize(rates), "step_ms": summarize([1000 * s / args.steps for s in seconds]),
            "first_step_seconds": first, "warmup_seconds": warm,
            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
            "batch_size": batch, "steps": args.steps, "warmup": warmup, "repeats": args.repeats}
-    if counts is not None:
-        rates = fig["images_per_s"]["values"]
-        fig["tflops"] = common.summarize([flops.train_tflops(v, counts["macs_per_image"]) for v in rates])
-        fig["bytes_per_s"] = common.summarize([v * flops.bytes_per_image(counts, batch, dtype_bytes) for v in rates])
-        peak = peak_bandwidth(common.device_name(device))
-        fig["bandwidth_fraction"] = fig["bytes_per_s"]["median"] / peak if peak else None
-    return fig
-
-
-def guarded(what: str, fn) -> dict:
-    """One figure; a failure (OOM, a backend that cannot run here) becomes an error entry."""
-    try:
-        fig = fn()
-    except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the run
-        log(f"  {what}: FAILED: {common.error_text(e)}")
-        return {"error": common.error_text(e)}
+    if step is not None:
+        moved = flops.bytes_per_image(counts, batch, dtype_bytes(step))
+        fig["tflops"] = summarize([flops.train_tflops(v, counts["macs_per_image"]) for v in rates])
+        fig["bytes_per_s"] = summarize([v * moved for v in rates])
+        fig["bandwidth_fraction"] = fig["bytes_per_s"]["median"] / args.peak if args.peak else None
     log(f"  {what}: {fig['images_per_s']['median']:,.0f} images/s")
     return fig
 
@@ -132,40 +152,32 @@ def ratio(num: dict | None, den: dict | None) -> float | None:
     return num["images_per_s"]["median"] / den["images_per_s"]["median"] if ok else None
 
 
-def dtype_bytes(step) -> int:
-    return torch.finfo(step.runtime.amp_dtype).bits // 8 if step.runtime.amp_dtype is not None else 4
-
-
-def model_alone(args, cfg, counts: dict, compiled: bool):
-    """-> (step, figure). Compiled: built twice, cold then warm cache; the warm step is returned."""
+def model_alone(args, cfg, counts: dict):
+    """-> (step, figure) on a random batch; compiled, the step is built again on the warm cache and kept."""
     step, batch = build_step(cfg, args.device), cfg.train.batch_size
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(batch, 3, 32, 32, generator=gen).to(args.device, memory_format=step.runtime.memory_format)
     y = torch.randint(0, 10, (batch,), generator=gen).to(args.device)
-    fig = guarded("model alone", lambda: measure(lambda: step(x, y), batch, args, args.warmup, counts,
-                                                 dtype_bytes(step)))
+    fig = measure("model alone", lambda: step(x, y), batch, args, args.warmup, counts, step)
     if "error" in fig:
         return None, fig
-    typical, fig["compile_seconds"] = fig["step_ms"]["median"] / 1000, None
-    if compiled:
+    fig["compile_seconds"] = None
+    if step.runtime.compile:
         common.release(args.device)  # the inductor cache on disk stays: the next compile is warm
         step = build_step(cfg, args.device)
-        warm = common.timed(lambda: step(x, y), args.device)[0]
-        cold = fig["first_step_seconds"]
-        fig["compile_seconds"] = {"cold": max(0.0, cold - typical), "warm": max(0.0, warm - typical)}
+        firsts = {"cold": fig["first_step_seconds"], "warm": timed(lambda: step(x, y), args.device)}
+        fig["compile_seconds"] = {k: max(0.0, s - fig["step_ms"]["median"] / 1000) for k, s in firsts.items()}
     return step, fig
 
 
-def bench_loader(args, cfg, step, data, counts: dict, alone: bool = True) -> dict:
+def bench_loader(args, cfg, step, counts: dict, alone: bool = True) -> dict:
     """Loader alone and end to end for one backend; one that cannot be built here is an error entry."""
     name, batch = cfg.loader.name, cfg.train.batch_size
     entry = {"error": None, "loader_alone": None, "end_to_end": None}
     try:
-        if name not in pipelines.LOADERS:
-            raise LookupError(f"loader {name!r} is not registered (registered: {', '.join(pipelines.LOADERS)})")
-        loader = pipelines.build_loader(cfg, "train", data, args.device, 0, 1)
-    except Exception as e:  # noqa: BLE001 - DALI not installed, no CUDA, ...
-        entry["error"] = common.error_text(e)
+        loader = pipelines.build_loader(cfg, "train", args.split, args.device, 0, 1)
+    except Exception as e:  # noqa: BLE001 - DALI not installed, no CUDA, not registered, ...
+        entry["error"] = error_text(e)
         log(f"  {name}: unavailable: {entry['error']}")
         return entry
     warmup, total = max(args.warmup, len(loader)), torch.zeros((), device=args.device)
@@ -175,10 +187,10 @@ def bench_loader(args, cfg, step, data, counts: dict, alone: bool = True) -> dic
         total.add_(sum(t.float().sum() for t in next(batches)))
 
     if alone:
-        entry["loader_alone"] = guarded(f"{name} loader alone", lambda: measure(touch, batch, args, warmup))
+        entry["loader_alone"] = measure(f"{name} loader alone", touch, batch, args, warmup)
     if step is not None:
-        entry["end_to_end"] = guarded(f"{name} end to end", lambda: measure(
-            lambda: step(*next(batches)), batch, args, warmup, counts, dtype_bytes(step)))
+        entry["end_to_end"] = measure(f"{name} end to end", lambda: step(*next(batches)), batch, args, warmup,
+                                      counts, step)
     batches.close()  # workers and GPU pipelines go before the next backend starts
     return entry
 
@@ -193,104 +205,84 @@ def flag(entry: dict, model: dict) -> dict:
     return entry
 
 
-def bench_depth(args, depth: int, data) -> dict:
+def bench_depth(args, depth: int) -> dict:
     from torch._inductor.utils import fresh_inductor_cache  # a new TORCHINDUCTOR_CACHE_DIR, memory caches cleared
 
     counts = flops.count(f"resnet{depth}")
     result = {"depth": depth, "model": f"resnet{depth}", **counts, "batches": [], "seed_style": None}
     for batch in args.batch_sizes:
-        cfg = make_config(args, depth, args.loaders[0], batch)
-        compiled = args.runtime.compile  # every batch size resolves alike (checked in parse_args)
-        with fresh_inductor_cache() if compiled else contextlib.nullcontext():  # each (depth, batch) starts cold
-            step, model = model_alone(args, cfg, counts, compiled)
-            entry = {"batch_size": batch, "model_alone": model, "loaders": {},
-                     "bytes_per_image": flops.bytes_per_image(counts, batch, dtype_bytes(step)) if step else None}
-            for name in args.loaders:
-                entry["loaders"][name] = flag(bench_loader(args, make_config(args, depth, name, batch), step, data,
-                                                           counts), model)
+        with fresh_inductor_cache():  # each (depth, batch) starts cold
+            step, model = model_alone(args, make_config(args, depth, args.loaders[0], batch), counts)
+            loaders = {name: flag(bench_loader(args, make_config(args, depth, name, batch), step, counts), model)
+                       for name in args.loaders}
+        entry = {"batch_size": batch, "model_alone": model, "loaders": loaders,
+                 "bytes_per_image": flops.bytes_per_image(counts, batch, dtype_bytes(step)) if step else None}
         result["batches"].append(entry)
         del step
         common.release(args.device)
-    if not args.no_baseline:
-        log("  seed-style baseline")
-        cfg = make_config(args, depth, "torchvision", args.baseline_batch_size, seed_style=True)
-        step, model = model_alone(args, cfg, counts, compiled=False)
-        e2e = bench_loader(args, cfg, step, data, counts, alone=False)
-        base = flag({"setting": args.baseline, "model_alone": model, "end_to_end": e2e["end_to_end"] or e2e}, model)
-        first = result["batches"][0]
-        base["speedup_model_alone"] = ratio(first["model_alone"], model)
-        base["speedup_end_to_end"] = {n: ratio(e["end_to_end"], base["end_to_end"])
-                                      for n, e in first["loaders"].items()}
-        result["seed_style"] = base
-        del step
-        common.release(args.device)
+    if args.baseline is None:
+        return result
+    log("  seed-style baseline")
+    cfg = make_config(args, depth, "torchvision", args.baseline_batch_size, seed_style=True)
+    step, model = model_alone(args, cfg, counts)
+    e2e = bench_loader(args, cfg, step, counts, alone=False)
+    base = flag({"setting": args.baseline, "model_alone": model, "end_to_end": e2e["end_to_end"] or e2e}, model)
+    first = result["batches"][0]
+    base["speedup_model_alone"] = ratio(first["model_alone"], model)
+    base["speedup_end_to_end"] = {n: ratio(e["end_to_end"], base["end_to_end"])
+                                  for n, e in first["loaders"].items()}
+    result["seed_style"] = base
+    del step
+    common.release(args.device)
     return result
 
 
-def previous_dali(commit: str):
-    """COMMIT's DaliLoader, from `git show`, leaving the registered (current) one in place."""
-    source = subprocess.run(["git", "show", f"{commit}:pipelines/dali.py"], cwd=common.REPO,
-                            capture_output=True, text=True, check=True).stdout
-    current, module = pipelines.LOADERS["dali"], types.ModuleType("dali_previous")
-    exec(compile(source, f"{commit}:pipelines/dali.py", "exec"), module.__dict__)
-    pipelines.LOADERS["dali"] = current  # the old module registered itself under the same name
-    return module.DaliLoader
-
-
-def dali_redesign(args, data) -> dict:
+def dali_redesign(args) -> dict:
+    """COMMIT's DaliLoader, from `git show`, against the current one: an epoch of each in turn per repeat."""
     torch.set_num_threads(1)  # torch's spinning OpenMP threads starve DALI's on a small CPU
+    path = f"{args.dali_previous}:pipelines/dali.py"
+    git = subprocess.run(["git", "show", path], cwd=common.REPO, capture_output=True, text=True, check=True)
+    current, previous = pipelines.LOADERS["dali"], {"__name__": "dali_previous"}
+    exec(compile(git.stdout, path, "exec"), previous)
+    pipelines.LOADERS["dali"] = current  # the old module registered itself under the same name
     cfg, batch, cpu = args.fast, args.batch_sizes[0], torch.device("cpu")
-    spec = pipelines.base.LoaderSpec(data, True, batch, cfg.augment, dataclasses.replace(cfg.loader, device="cpu"),
-                                     cpu, True, torch.float32, 0)
-    loaders = {"previous": previous_dali(args.dali_previous)(spec), "current": pipelines.LOADERS["dali"](spec)}
-    seconds = {name: [] for name in loaders}
-    for repeat in range(args.repeats + 1):  # the first, untimed, warms up
+    spec = pipelines.base.LoaderSpec(args.split, True, batch, cfg.augment,
+                                     dataclasses.replace(cfg.loader, device="cpu"), cpu, True, torch.float32, 0)
+    loaders = {"previous": previous["DaliLoader"](spec), "current": current(spec)}
+    steps, seconds = len(loaders["current"]), {name: [] for name in loaders}
+    for repeat in range(args.repeats + 1):  # the first warms up
         for name, loader in loaders.items():
             loader.set_epoch(repeat)
-            took = common.timed(lambda: sum(1 for _ in loader), cpu)[0]
-            seconds[name] += [took] if repeat else []
-    steps = len(loaders["current"])
-    rates = {name: common.summarize([steps * batch / s for s in values]) for name, values in seconds.items()}
+            seconds[name].append(timed(lambda: sum(1 for _ in loader), cpu))
+    rates = {name: summarize([steps * batch / s for s in values[1:]]) for name, values in seconds.items()}
     log({name: round(r["median"]) for name, r in rates.items()})
     return common.result("dali_cpu_redesign", 1, previous_commit=args.dali_previous, settings={
-        "batch_size": batch, "images": len(data), "repeats": args.repeats, "steps_per_epoch": steps,
+        "batch_size": batch, "images": len(args.split), "repeats": args.repeats, "steps_per_epoch": steps,
         **dataclasses.asdict(spec.loader)}, load_average_1_5_15_min=os.getloadavg(), images_per_s=rates,
         speedup_of_medians=rates["current"]["median"] / rates["previous"]["median"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastcifar.data import load_cifar
-    from fastcifar.synthetic import synthetic_split
-
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = args.device.type == "cuda"  # as the trainer runs
-    try:
-        data = (synthetic_split(args.synthetic_size, seed=args.seed, learnable=False) if args.data == "synthetic"
-                else load_cifar("cifar10", args.fast.data.root, "train", download=True))
-    except FastcifarError as e:
-        stderr_line(f"throughput.py: error: {e}")
-        return 2
     if args.dali_previous:
-        log(f"wrote {common.write_json(args.out, dali_redesign(args, data))}")
+        log(f"wrote {common.write_json(args.out, dali_redesign(args))}")
         return 0
     rt, name = args.runtime, common.device_name(args.device)
-    config = {"amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "none", "compile": rt.compile,
-              "compile_mode": rt.compile_mode, "channels_last": rt.channels_last,
-              "cuda_graph": rt.cuda_graph}
+    config = {k: getattr(rt, k) for k in ("compile", "compile_mode", "channels_last", "cuda_graph")}
     settings = {k: getattr(args, k) for k in ("depths", "loaders", "batch_sizes", "steps", "warmup", "repeats",
                                               "overrides", "data", "seed")}
     out = common.result("throughput", SCHEMA_VERSION, complete=False, settings={
-        **settings, "device": args.device.type, "device_name": name, "peak_bandwidth": peak_bandwidth(name),
-        "config": config, "workers": args.fast.loader.workers, "data_size": len(data),
-        "seed_style": None if args.no_baseline else args.baseline},
+        **settings, "device": args.device.type, "device_name": name, "peak_bandwidth": args.peak,
+        "config": {"amp": str(rt.amp_dtype or "none").removeprefix("torch."), **config},
+        "workers": args.fast.loader.workers, "data_size": len(args.split), "seed_style": args.baseline},
         timing=TIMING, flops_convention=flops.FLOPS_CONVENTION, bytes_convention=flops.BYTES_CONVENTION, results=[])
     for depth in args.depths:
         log(f"resnet{depth}:")
-        out["results"].append(bench_depth(args, depth, data))
+        out["results"].append(bench_depth(args, depth))
+        out["complete"] = len(out["results"]) == len(args.depths)
         common.write_json(args.out, out)  # after every depth: a crash keeps what was measured
-    out["complete"] = True
-    common.write_json(args.out, out)
     log(f"wrote {args.out}")
     print(report.throughput_markdown(out))
     return 0
