@@ -71,7 +71,7 @@ def batches(result: dict, r: dict) -> list[dict]:
 def throughput_markdown(result: dict) -> str:
     s = result["settings"]
     cfg, bw = s.get("config", s), s.get("peak_bandwidth")  # schema 1: the config in the settings
-    on = {key: "on" if cfg.get(key) in (True, "true") else "off" for key in ("compile", "channels_last", "cuda_graph")}
+    on = {k: "on" if cfg.get(k) in (True, "true") else "off" for k in ("compile", "channels_last", "cuda_graph")}
     model_rows, loader_rows = [], []
     for r in result["results"]:
         base, bs = r.get("seed_style"), batches(result, r)
@@ -167,26 +167,24 @@ def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
     return by_depth
 
 
-def stat(values: list[float]) -> dict:
-    """Mean and sample std; no std for one value."""
-    mean, std = common.mean_std(values)
-    return {"mean": mean, "std": std if len(values) > 1 else None}
-
-
 def paper_markdown(results: list[dict]) -> str:
     by_depth, rows = paper_runs(results), []
+
+    def final(values: list[float]) -> str:  # mean ± sample std; a single run has no std
+        mean, std = common.mean_std(values)
+        return mean_std({"mean": mean, "std": std if len(values) > 1 else None}, 2)
+
     for depth in sorted({*common.PAPER_TABLE_DEPTHS, *by_depth}):
         runs, goal = by_depth.get(depth, []), GOAL_TOP1.get(depth)
         ref = [num(common.PAPER_TOP1.get(depth), 2), num(AKAMASTER_TOP1.get(depth), 2), num(goal, 1)]
         if not runs:
             rows.append([depth, *["not measured"] * 4, *ref, *["not measured"] * 3])
             continue
-        top1 = stat([r["final_top1"] for r in runs])
-        best = [r["best_top1_seen"] for r in runs if r.get("best_top1_seen")]
-        gap = DASH if goal is None else f"{top1['mean'] - goal:+.2f}".replace("-0.00", "+0.00")
-        rows.append([depth, f"{len(runs)} ({', '.join(str(r['seed']) for r in runs)})", mean_std(top1, 2),
-                     mean_std(stat([r["final_top5"] for r in runs]), 2), num(best and stat(best)["mean"], 2), *ref, gap,
-                     ", ".join(dict.fromkeys(r.get("device") or "?" for r in runs)),
+        top1, best = [r["final_top1"] for r in runs], [r["best_top1_seen"] for r in runs if r.get("best_top1_seen")]
+        gap = DASH if goal is None else f"{statistics.fmean(top1) - goal:+.2f}".replace("-0.00", "+0.00")
+        rows.append([depth, f"{len(runs)} ({', '.join(str(r['seed']) for r in runs)})", final(top1),
+                     final([r["final_top5"] for r in runs]), num(statistics.fmean(best) if best else None, 2), *ref,
+                     gap, ", ".join(dict.fromkeys(r.get("device") or "?" for r in runs)),
                      num(statistics.median(r["train_seconds"] / 60 for r in runs), 1)])
     return ("CIFAR-10 test accuracy (%) of `benchmarks/reproduce.py` runs: the FINAL epoch of each run, mean ± sample "
             "std over seeds; no epoch or run is selected on the test set. The best top-1 seen during a run is shown "
