@@ -47,7 +47,6 @@ def tflops(fig) -> str:
 
 
 def header(result: dict) -> str:
-    """What a result was measured on and with: device, versions, date, commit, command."""
     env = result.get("environment", {})
     git, device = env.get("git") or {}, env.get("gpu") or env.get("cpu") or "cpu"
     count = f"{env['gpu_count']} x " if env.get("gpu_count", 0) > 1 else ""
@@ -60,12 +59,10 @@ def header(result: dict) -> str:
 
 # ---- throughput ------------------------------------------------------------------------------------
 def batches(result: dict, r: dict) -> list[dict]:
-    """Per batch size; a schema-1 file measured one batch size, and estimated its compile time."""
+    """Per batch size; a schema-1 file measured one, and estimated its compile time."""
     if "batches" in r:
         return r["batches"]
-    estimate = r["model_alone"].get("compile_seconds_estimate")
-    return [{"batch_size": result["settings"]["batch_size"], "loaders": r["loaders"],
-             "model_alone": {**r["model_alone"], "compile_seconds": None, "compile_estimate": estimate}}]
+    return [{"batch_size": result["settings"]["batch_size"], "loaders": r["loaders"], "model_alone": r["model_alone"]}]
 
 
 def throughput_markdown(result: dict) -> str:
@@ -77,7 +74,8 @@ def throughput_markdown(result: dict) -> str:
         base, bs = r.get("seed_style"), batches(result, r)
         for b in bs:
             m, c = b["model_alone"], b["model_alone"].get("compile_seconds")
-            compile_ = f"{c['cold']:.1f} / {c['warm']:.1f}" if c else num(m.get("compile_estimate"), 1, " (estimate)")
+            estimate = num(m.get("compile_seconds_estimate"), 1, " (estimate)")  # schema 1
+            compile_ = f"{c['cold']:.1f} / {c['warm']:.1f}" if c else estimate
             model_rows.append([r["depth"], b["batch_size"], num(r["params"]), f"{r['macs_per_image'] / 1e6:,.1f} M",
                                rate(m), tflops(m), num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
                                num(m.get("bandwidth_fraction") and 100 * m["bandwidth_fraction"], 0, "%"), compile_,
