@@ -43,7 +43,7 @@ def rate(fig) -> str:
 
 
 def tflops(fig) -> str:
-    return num(fig["tflops"]["median"], 1) if fig and isinstance(fig.get("tflops"), dict) else DASH
+    return num(fig["tflops"]["median"], 1) if fig and fig.get("tflops") else DASH
 
 
 def header(result: dict) -> str:
