@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 from benchmarks import common, report
+from fastcifar import hub
+from fastcifar.errors import FastcifarError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastcifar import hub
-    from fastcifar.errors import FastcifarError
-
     p = common.parser("export_weights.py", __doc__)
     p.add_argument("--weights-from", type=Path, required=True, help="folder of resnet<D>-seed<S>.pt files")
     p.add_argument("--data-root", required=True, help="CIFAR-10, for the accuracy recorded in the manifest")
@@ -21,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-seeds", type=common.positive_int, default=3)
     args = p.parse_args(argv)
     found = report.load_results(sorted(args.results_dir.glob("*.json")))["paper_run"]
-    files = {id(data): path for path, data in found}
-    runs = report.paper_runs([data for _path, data in found])
+    runs = report.paper_runs([{**data, "result": path.name} for path, data in found])  # the manifest names its file
     chosen = []  # every depth checked before the first (slow) export
     for depth in args.depths or sorted(runs) or p.error(f"no paper_run results in {args.results_dir}"):
         ranked = sorted(runs.get(depth, []), key=lambda r: (r["final_top1"], r["seed"]))
@@ -34,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"resnet{depth}: the median run (seed {run['seed']}) has no weights at {source}")
         chosen.append((depth, ranked, run, source))
     for depth, ranked, run, source in chosen:
-        record = {"seed": run["seed"], "seeds": sorted(r["seed"] for r in ranked), "result": files[id(run)].name,
+        record = {"seed": run["seed"], "seeds": sorted(r["seed"] for r in ranked), "result": run["result"],
                   "final_top1_in_training": run["final_top1"], "final_top5_in_training": run["final_top5"]}
         try:
             entry = hub.export_weights(source, f"cifar10_resnet{depth}", args.data_root, args.weights_dir, record)

@@ -6,7 +6,6 @@
 """
 
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -19,92 +18,86 @@ from fastcifar.files import write_text_atomic
 SECTIONS = {"throughput": ("throughput", "Throughput"), "time_to_accuracy": ("time_to_accuracy", "Time to accuracy"),
             "paper_run": ("paper", "Reproducing the paper's table")}
 DASH = "—"
-# CIFAR-10 test top-1 (%): akamaster/pytorch_resnet_cifar10's best epochs, and this project's aim for finals.
+# CIFAR-10 test top-1 (%) of akamaster/pytorch_resnet_cifar10's best epochs; this project's finals aim at them.
 AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
-GOAL_TOP1 = {20: 91.7, 32: 92.6, 44: 93.1, 56: 93.4, 110: 93.7}
+GOAL_TOP1 = {depth: round(top1, 1) for depth, top1 in AKAMASTER_TOP1.items()}
 
 
 def num(value, digits: int = 0, suffix: str = "") -> str:
     return DASH if value is None else f"{value:,.{digits}f}{suffix}"
 
 
+def mean_std(stat: dict | None, digits: int, unit: str = "") -> str:
+    """A {mean, std} record; a std of None (a single value) shows as a dash."""
+    if not stat or stat["mean"] is None:
+        return DASH
+    return f"{num(stat['mean'], digits)} ± {num(stat['std'], digits)}{unit}"
+
+
 def rate(fig) -> str:
+    """A figure's median (min–max) images/s, or its error."""
     if not fig or "images_per_s" not in fig:
         return f"error: {fig['error']}"[:90] if fig and fig.get("error") else DASH
     r = fig["images_per_s"]
     return f"{num(r['median'])} ({num(r['min'])}–{num(r['max'])})"
 
 
-def median(fig, key: str) -> str:
-    return num(fig[key]["median"], 1) if fig and isinstance(fig.get(key), dict) else DASH
-
-
-def mean_std(stat: dict | None, digits: int = 1, unit: str = "") -> str:
-    if not stat or stat.get("mean") is None:
-        return DASH
-    return f"{stat['mean']:,.{digits}f} ± {stat['std']:,.{digits}f}{unit}"
-
-
-def on(value) -> str:
-    return "on" if value in (True, "true") else "off"
+def tflops(fig) -> str:
+    return num(fig["tflops"]["median"], 1) if fig and fig.get("tflops") else DASH
 
 
 def header(result: dict) -> str:
     env = result.get("environment", {})
-    device = env.get("gpu") or env.get("cpu") or "cpu"
-    device = f"{env['gpu_count']} x {device}" if env.get("gpu_count", 0) > 1 else device
-    git = env.get("git") or {}
-    parts = [f"torch {env.get('torch', '?')}", *(f"{k} {env[k.lower()]}" for k in ("CUDA", "driver")
-                                                 if env.get(k.lower())), *([env["dali"]] if env.get("dali") else [])]
-    return (f"**{device}**, {', '.join(parts)}; {env.get('date', '?')}, commit {(git.get('commit') or 'unknown')[:10]}"
-            f"{' (dirty)' if git.get('dirty') else ''}"
+    git, device = env.get("git") or {}, env.get("gpu") or env.get("cpu") or "cpu"
+    count = f"{env['gpu_count']} x " if env.get("gpu_count", 0) > 1 else ""
+    versions = [f"torch {env.get('torch', '?')}", env.get("cuda") and f"CUDA {env['cuda']}",
+                env.get("driver") and f"driver {env['driver']}", env.get("dali")]
+    return (f"**{count}{device}**, {', '.join(filter(None, versions))}; {env.get('date', '?')}, commit "
+            f"{(git.get('commit') or 'unknown')[:10]}{' (dirty)' if git.get('dirty') else ''}"
             f"{'' if result.get('complete', True) else ' (incomplete run)'}.  \n`{env.get('command', '?')}`")
 
 
 # ---- throughput ------------------------------------------------------------------------------------
 def batches(result: dict, r: dict) -> list[dict]:
-    """Per batch size; a schema-1 file measured one batch size, and estimated its compile time."""
+    """Per batch size; a schema-1 file measured one, and estimated its compile time."""
     if "batches" in r:
         return r["batches"]
-    estimate = r["model_alone"].get("compile_seconds_estimate")
-    return [{"batch_size": result["settings"]["batch_size"], "loaders": r["loaders"],
-             "model_alone": {**r["model_alone"], "compile_seconds": None, "compile_estimate": estimate}}]
+    return [{"batch_size": result["settings"]["batch_size"], "loaders": r["loaders"], "model_alone": r["model_alone"]}]
 
 
 def throughput_markdown(result: dict) -> str:
     s = result["settings"]
-    cfg, bw = s.get("config", s), s.get("peak_bandwidth")
+    cfg, bw = s.get("config", s), s.get("peak_bandwidth")  # schema 1: the config in the settings
+    on = {k: "on" if cfg.get(k) in (True, "true") else "off" for k in ("compile", "channels_last", "cuda_graph")}
     model_rows, loader_rows = [], []
     for r in result["results"]:
         base, bs = r.get("seed_style"), batches(result, r)
         for b in bs:
             m, c = b["model_alone"], b["model_alone"].get("compile_seconds")
-            compile_ = f"{c['cold']:.1f} / {c['warm']:.1f}" if c else num(m.get("compile_estimate"), 1, " (estimate)")
+            estimate = num(m.get("compile_seconds_estimate"), 1, " (estimate)")  # schema 1
+            compile_ = f"{c['cold']:.1f} / {c['warm']:.1f}" if c else estimate
             model_rows.append([r["depth"], b["batch_size"], num(r["params"]), f"{r['macs_per_image'] / 1e6:,.1f} M",
-                               rate(m), median(m, "tflops"),
-                               num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
+                               rate(m), tflops(m), num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
                                num(m.get("bandwidth_fraction") and 100 * m["bandwidth_fraction"], 0, "%"), compile_,
                                num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, 2)])
             for name, e in b["loaders"].items():
                 speed = (base or {}).get("speedup_end_to_end", {}).get(name) if b is bs[0] else None
-                rel = e.get("ratio_end_to_end_to_model")
+                rel = num(e.get("ratio_end_to_end_to_model"), 2, " (suspect)" if e.get("suspect") else "")
                 loader_rows.append([r["depth"], b["batch_size"], name, rate(e["loader_alone"]) if not e.get("error")
-                                    else f"unavailable: {e['error']}"[:90], rate(e["end_to_end"]),
-                                    num(rel, 2, " (suspect)" if e.get("suspect") else ""),
-                                    median(e["end_to_end"], "tflops"), num(speed, 1, "x")])
+                                    else f"unavailable: {e['error']}"[:90], rate(e["end_to_end"]), rel,
+                                    tflops(e["end_to_end"]), num(speed, 1, "x")])
         if base:
             st, e2e = base["setting"], base["end_to_end"]
             loader_rows.append([r["depth"], st["batch_size"], f"seed-style (torchvision, {st['workers']} workers, "
                                 f"fp32, NCHW, eager; model alone {rate(base['model_alone'])})", DASH, rate(e2e),
-                                num(base.get("ratio_end_to_end_to_model"), 2), median(e2e, "tflops"), "1.0x"])
+                                num(base.get("ratio_end_to_end_to_model"), 2), tflops(e2e), "1.0x"])
     return "\n".join([
-        header(result), "", f"amp {cfg['amp']}, compile {on(cfg['compile'])}, channels_last "
-        f"{on(cfg['channels_last'])}, CUDA graph {on(cfg.get('cuda_graph'))}, {s['workers']} torchvision workers, "
-        f"{s['data']} data; median (min–max) images/s over {s['repeats']} x {s['steps']} steps after {s['warmup']} "
-        "warm-up steps (loader-fed: at least an epoch). TFLOP/s counts 3x the forward FLOPs; MB/image is an estimate "
-        "(see the JSON's bytes_convention), "
-        f"against a peak bandwidth of {num(bw and bw / 1e12, 2, ' TB/s') if bw else 'unknown'}. Compile: first step "
-        "minus a typical one, cold / warm inductor cache; empty when off.", "",
+        header(result), "", f"amp {cfg['amp']}, compile {on['compile']}, channels_last {on['channels_last']}, CUDA "
+        f"graph {on['cuda_graph']}, {s['workers']} torchvision workers, {s['data']} data; median (min–max) images/s "
+        f"over {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up steps (loader-fed: at least an epoch). "
+        "TFLOP/s counts 3x the forward FLOPs; MB/image is an estimate (see the JSON's bytes_convention), against a "
+        f"peak bandwidth of {num(bw and bw / 1e12, 2, ' TB/s') if bw else 'unknown'}. Compile: first step minus a "
+        "typical one, cold / warm inductor cache; empty when off.", "",
         common.markdown_table(["depth", "batch", "params", "MACs/image", "model alone (img/s)", "TFLOP/s",
                                "MB/image (est.)", "of peak bandwidth", "compile (s)", "peak GiB"], model_rows), "",
         common.markdown_table(["depth", "batch", "loader", "loader alone (img/s)", "end to end (img/s)",
@@ -112,6 +105,8 @@ def throughput_markdown(result: dict) -> str:
 
 
 def throughput_plot(result: dict, path: Path) -> Path:
+    from matplotlib.figure import Figure  # no pyplot: no display, nothing global to close
+
     groups = [(f"ResNet-{r['depth']}\nbatch {b['batch_size']}", b) for r in result["results"]
               for b in batches(result, r)]
     series = {"model alone": [b["model_alone"] for _, b in groups], **{
@@ -120,7 +115,7 @@ def throughput_plot(result: dict, path: Path) -> Path:
     series = {k: [(j, f["images_per_s"]) for j, f in enumerate(v) if f and "images_per_s" in f]
               for k, v in series.items()}
     series = {k: v for k, v in series.items() if v}  # an unavailable loader: no bars
-    fig = figure(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
+    fig = Figure(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
     ax = fig.subplots()
     width = 0.8 / max(1, len(series))
     for i, (label, pts) in enumerate(series.items()):
@@ -162,12 +157,8 @@ def time_to_accuracy_markdown(result: dict) -> str:
 # ---- the paper's table -----------------------------------------------------------------------------
 def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
     """CIFAR-10 runs by depth, one per (depth, seed): the latest when a seed was run again."""
-    latest: dict[tuple[int, int], dict] = {}
-    for r in results:
-        key = (r["depth"], r["seed"])
-        newer = r.get("finished_at", "") >= latest.get(key, {}).get("finished_at", "")
-        if r.get("dataset", "cifar10") == "cifar10" and newer:
-            latest[key] = r
+    latest = {(r["depth"], r["seed"]): r for r in sorted(results, key=lambda r: r.get("finished_at", ""))
+              if r.get("dataset", "cifar10") == "cifar10"}
     by_depth: dict[int, list[dict]] = {}
     for (depth, _seed), r in sorted(latest.items()):
         by_depth.setdefault(depth, []).append(r)
@@ -177,9 +168,9 @@ def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
 def paper_markdown(results: list[dict]) -> str:
     by_depth, rows = paper_runs(results), []
 
-    def final(values):
+    def final(values: list[float]) -> str:  # mean ± sample std; a single run has no std
         mean, std = common.mean_std(values)
-        return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f} ± {DASH}"
+        return mean_std({"mean": mean, "std": std if len(values) > 1 else None}, 2)
 
     for depth in sorted({*common.PAPER_TABLE_DEPTHS, *by_depth}):
         runs, goal = by_depth.get(depth, []), GOAL_TOP1.get(depth)
@@ -188,11 +179,10 @@ def paper_markdown(results: list[dict]) -> str:
             rows.append([depth, *["not measured"] * 4, *ref, *["not measured"] * 3])
             continue
         top1, best = [r["final_top1"] for r in runs], [r["best_top1_seen"] for r in runs if r.get("best_top1_seen")]
-        gap = common.mean_std(top1)[0] - goal if goal is not None else None
+        gap = DASH if goal is None else f"{statistics.fmean(top1) - goal:+.2f}".replace("-0.00", "+0.00")
         rows.append([depth, f"{len(runs)} ({', '.join(str(r['seed']) for r in runs)})", final(top1),
-                     final([r["final_top5"] for r in runs]), num(best and statistics.fmean(best), 2), *ref,
-                     DASH if gap is None else f"{gap:+.2f}".replace("-0.00", "+0.00"),
-                     ", ".join(dict.fromkeys(r.get("device") or "?" for r in runs)),
+                     final([r["final_top5"] for r in runs]), num(statistics.fmean(best) if best else None, 2), *ref,
+                     gap, ", ".join(dict.fromkeys(r.get("device") or "?" for r in runs)),
                      num(statistics.median(r["train_seconds"] / 60 for r in runs), 1)])
     return ("CIFAR-10 test accuracy (%) of `benchmarks/reproduce.py` runs: the FINAL epoch of each run, mean ± sample "
             "std over seeds; no epoch or run is selected on the test set. The best top-1 seen during a run is shown "
@@ -205,7 +195,9 @@ def paper_markdown(results: list[dict]) -> str:
 # ---- training curves and files ---------------------------------------------------------------------
 def curves_plot(run_dirs: list[Path], path: Path) -> Path:
     """Train loss and learning rate (every logged step) and test top-1 (evaluated epochs) of each run."""
-    fig = figure(figsize=(13, 4))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4))
     axes = fig.subplots(1, 3)
     for i, run_dir in enumerate(run_dirs):
         records = rundir.records(run_dir)
@@ -220,12 +212,6 @@ def curves_plot(run_dirs: list[Path], path: Path) -> Path:
         ax.set(xlabel="epoch", ylabel=what)
     axes[2].legend(fontsize=8)
     return save(fig, path)
-
-
-def figure(**kwargs):
-    from matplotlib.figure import Figure  # no pyplot: no display, nothing global to close
-
-    return Figure(**kwargs)
 
 
 def save(fig, path: Path) -> Path:
@@ -244,7 +230,7 @@ def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
         if kind in found:
             found[kind].append((path, data))
         elif kind != "paper_status":
-            print(f"report.py: skipping {path}: not a benchmark result (kind {kind!r})", file=sys.stderr)
+            common.log(f"report.py: skipping {path}: not a benchmark result (kind {kind!r})")
     for items in found.values():
         items.sort(key=lambda item: item[1].get("environment", {}).get("date", ""), reverse=True)
     return found
@@ -282,16 +268,16 @@ def main(argv: list[str] | None = None) -> int:
         plots = {} if args.no_plots else {
             path: throughput_plot(data, args.out_dir / f"{path.stem}.png") for path, data in found["throughput"]}
     except ImportError as e:  # matplotlib is optional: the tables are still written
-        print(f"report.py: no plots ({e})", file=sys.stderr)
+        common.log(f"report.py: no plots ({e})")
         plots = {}
     text = args.readme.read_text() if args.readme else ""
     for kind, (marker, _title) in SECTIONS.items() if args.readme else ():
         begin, end = f"<!-- BEGIN GENERATED: {marker} -->", f"<!-- END GENERATED: {marker} -->"
-        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-        if not pattern.search(text):
+        head, _, rest = text.partition(begin)
+        if end not in rest:
             p.error(f"{args.readme} has no '{begin}' ... '{end}' markers")
         body = section(kind, found[kind], plots, args.readme.resolve().parent)
-        text = pattern.sub(lambda _m: f"{begin}\n{body}\n{end}", text, count=1)
+        text = f"{head}{begin}\n{body}\n{end}{rest.partition(end)[2]}"
     write_text_atomic(args.out_dir / "report.md", "# Benchmark results\n\nGenerated by `python benchmarks/report.py` "
                       "from the JSON files beside this one.\n" + "".join(
                           f"\n## {title}\n\n{section(k, found[k], plots, args.out_dir.resolve())}\n"

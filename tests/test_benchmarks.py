@@ -393,9 +393,23 @@ outro
 """
 
 
-def rows(markdown: str, first_cell: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()
-            if line.startswith(f"| {first_cell} |")]
+def tables(markdown: str) -> list[list[dict[str, str]]]:
+    """Each markdown table, as its rows keyed by header."""
+    found, headers = [], None
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells is None or headers is None:
+            headers = cells
+            found += [[]] if cells else []
+        elif set(cells) != {"---"}:
+            found[-1].append(dict(zip(headers, cells, strict=True)))
+    return found
+
+
+def figures(cell: str) -> list[float]:
+    """The numbers in a cell: '40,000 (36,000–44,000)' -> [40000.0, 36000.0, 44000.0]; '—' -> []."""
+    text = "".join(c if c.isdigit() or c in ".+-" else " " for c in cell.replace(",", ""))
+    return [float(t) for t in text.split() if any(c.isdigit() for c in t)]
 
 
 def test_report_tables_plots_and_readme(tmp_path):
@@ -412,15 +426,27 @@ def test_report_tables_plots_and_readme(tmp_path):
     for png in ("throughput-h100.png", "throughput-off.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    on, off = report.throughput_markdown(fake_throughput()), report.throughput_markdown(fake_throughput(False))
-    model_on, model_off = rows(on, "20")[0], rows(off, "20")[0]
-    assert "40,000" in model_on[4] and "30.0" in " ".join(model_on) and "4.0" in " ".join(model_on)
-    assert "30.0" not in " ".join(model_off)  # compile off: its column is empty
-    loaders = {r[2]: r for r in rows(on, "20")[1:]}
-    assert "suspect" in " ".join(loaders["torch-gpu"]) and "suspect" not in " ".join(loaders["torchvision"])
-    assert "nvidia.dali" in " ".join(loaders["dali"])
-    tta = {r[0]: " ".join(r) for r in rows(report.time_to_accuracy_markdown(fake_time_to_accuracy()), "20")}
-    assert "not reached" in tta["20"] and "91.25" in tta["20"]  # and the time to its paper accuracy instead
+    (model_on, loaders_on), (model_off, _) = (tables(report.throughput_markdown(fake_throughput(compiled)))
+                                              for compiled in (True, False))
+    model = model_on[0]
+    assert [figures(model[k]) for k in ("depth", "batch", "params", "MACs/image", "MB/image (est.)")] == [
+        [20], [512], [270000], [40.6], [4.0]]
+    assert figures(model["model alone (img/s)"]) == pytest.approx([40000, 36000, 44000])
+    assert figures(model["TFLOP/s"]) == pytest.approx([40000 * 6 * 40e6 / 1e12], abs=0.05)
+    assert figures(model["compile (s)"]) == [30.0, 4.0] and figures(model["peak GiB"]) == [1.0]
+    assert figures(model_off[0]["compile (s)"]) == []  # compile off: its column is empty
+    loaders, ratio = {r["loader"]: r for r in loaders_on if r["depth"] == "20"}, "end to end / model alone"
+    assert figures(loaders["torchvision"]["end to end (img/s)"]) == pytest.approx([20000, 18000, 22000])
+    assert figures(loaders["torch-gpu"][ratio]) == [3.66] and "suspect" in loaders["torch-gpu"][ratio]
+    assert figures(loaders["torchvision"][ratio]) == [0.5] and "suspect" not in loaders["torchvision"][ratio]
+    assert "nvidia.dali" in loaders["dali"]["loader alone (img/s)"] and not figures(loaders["dali"][ratio])
+    tta = {r["depth"]: r for r in tables(report.time_to_accuracy_markdown(fake_time_to_accuracy()))[0]}
+    assert tta["20"]["time to 92%"].startswith("not reached") and figures(tta["20"]["time to 92%"]) == [91.3]
+    assert figures(tta["20"]["without compile"]) == [] and figures(tta["20"]["paper top-1"]) == [91.25]
+    assert figures(tta["20"]["time to paper top-1"]) == [22.0, 0.0]  # the time to its paper accuracy instead
+    assert figures(tta["56"]["final top-1"]) == pytest.approx([92.4, 0.14], abs=0.006)
+    assert [figures(tta["56"][k]) for k in ("time to 92%", "without compile", "time to paper top-1")] == [
+        [33.0, 0.0], [27.0, 0.0], [44.0, 0.0]]
 
     text = readme.read_text()
     assert text.startswith("# project\n\nintro\n") and "\nmiddle\n" in text and text.endswith("outro\n")

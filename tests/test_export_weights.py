@@ -33,6 +33,7 @@ def test_the_median_seed_is_exported(tmp_path, synthetic_root):
     assert result.returncode == 0, result.stderr
     entry = hub.read_manifest(weights)["weights"]["cifar10_resnet20"]
     assert entry["run"]["seed"] == 0 and entry["run"]["seeds"] == [0, 1, 2]
+    assert entry["run"]["result"] == "paper_resnet20_seed0.json" and entry["run"]["final_top1_in_training"] == 91.9
     shipped = hub.get_model("cifar10_resnet20", pretrained=True, weights_dir=weights)
     expected = torch.load(weights_from / "resnet20-seed0.pt", weights_only=True)
     assert all(torch.equal(v, expected[k]) for k, v in shipped.state_dict().items())

@@ -253,6 +253,30 @@ outro
 """
 
 
+def tables(markdown: str) -> list[list[dict[str, str]]]:
+    """Each markdown table, as its rows keyed by header."""
+    found, headers = [], None
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells is None or headers is None:
+            headers = cells
+            found += [[]] if cells else []
+        elif set(cells) != {"---"}:
+            found[-1].append(dict(zip(headers, cells, strict=True)))
+    return found
+
+
+def paper_tables(markdown: str) -> list[dict[int, dict[str, str]]]:
+    """The tables with a 'runs (seeds)' column, as their rows by depth."""
+    return [{int(row["depth"]): row for row in t} for t in tables(markdown) if t and "runs (seeds)" in t[0]]
+
+
+def figures(cell: str) -> list[float]:
+    """The numbers in a cell: '40,000 (36,000–44,000)' -> [40000.0, 36000.0, 44000.0]; '—' -> []."""
+    text = "".join(c if c.isdigit() or c in ".+-" else " " for c in cell.replace(",", ""))
+    return [float(t) for t in text.split() if any(c.isdigit() for c in t)]
+
+
 def test_report_paper_table_over_all_runs(tmp_path, capsys):
     runs20 = [(91.52, 99.70, 91.80, 30.0), (91.87, 99.61, 92.05, 34.0), (91.33, 99.75, 91.60, 31.0)]
     found = tmp_path / "results"
@@ -267,21 +291,33 @@ def test_report_paper_table_over_all_runs(tmp_path, capsys):
     assert "reproduce_status" not in capsys.readouterr().err  # the status file is not a result
 
     top1, top5, best, minutes = zip(*runs20, strict=True)
-    mean = statistics.fmean(top1)
-    row20 = (f"| 20 | 3 (0, 1, 2) | {mean:.2f} ± {statistics.stdev(top1):.2f} | "
-             f"{statistics.fmean(top5):.2f} ± {statistics.stdev(top5):.2f} | {statistics.fmean(best):.2f} | "
-             f"91.25 | 91.73 | 91.7 | {mean - 91.7:+.2f} | NVIDIA H100 80GB HBM3 | "
-             f"{statistics.median(minutes):.1f} |")
-    row56 = f"| 56 | 1 (0) | 93.21 ± — | 99.80 ± — | 93.50 | 93.03 | 93.39 | 93.4 | {93.21 - 93.4:+.2f} |"
-    md = (tmp_path / "out" / "report.md").read_text()
-    assert md.count("| depth | runs (seeds) |") == 1  # one table for all the files
-    assert row20 in md and row56 in md
-    for depth, paper in ((32, "92.49"), (44, "92.83"), (110, "93.39")):
-        assert f"| {depth} | not measured | not measured | not measured | not measured | {paper} |" in md
+    two_places = {"abs": 0.006}
+    tables = paper_tables((tmp_path / "out" / "report.md").read_text())
+    assert len(tables) == 1  # one table for all the files
+    row20, row56 = tables[0][20], tables[0][56]
+    assert figures(row20["runs (seeds)"]) == [3, 0, 1, 2]
+    for column, values in (("final top-1", top1), ("final top-5", top5)):
+        mean_std = [statistics.fmean(values), statistics.stdev(values)]
+        assert figures(row20[column]) == pytest.approx(mean_std, **two_places)
+    best_seen = "best-seen top-1 mean (not used for selection)"
+    assert figures(row20[best_seen]) == pytest.approx([statistics.fmean(best)], **two_places)
+    references = ("paper", "akamaster best-of-run", "goal")
+    assert [figures(row20[k]) for k in references] == [[91.25], [91.73], [91.7]]
+    assert figures(row20["mean − goal"]) == pytest.approx([statistics.fmean(top1) - 91.7], **two_places)
+    assert row20["GPU"] == "NVIDIA H100 80GB HBM3"
+    assert figures(row20["median train min/run"]) == [statistics.median(minutes)]
+    assert figures(row56["runs (seeds)"]) == [1, 0]
+    assert figures(row56["final top-1"]) == [93.21] and figures(row56["final top-5"]) == [99.8]  # no std
+    assert figures(row56[best_seen]) == [93.5]
+    assert [figures(row56[k]) for k in references] == [[93.03], [93.39], [93.4]]
+    assert figures(row56["mean − goal"]) == pytest.approx([93.21 - 93.4], **two_places)
+    for depth, paper in ((32, 92.49), (44, 92.83), (110, 93.39)):
+        assert figures(tables[0][depth]["paper"]) == [paper]
+        assert {v for k, v in tables[0][depth].items() if k not in ("depth", *references)} == {"not measured"}
     assert not list((tmp_path / "out").glob("*.png"))  # no plot for this kind
 
     text = readme.read_text()
-    assert "old table" not in text and row20 in text and text.endswith("\noutro\n")
+    assert "old table" not in text and paper_tables(text) == tables and text.endswith("\noutro\n")
     assert text.count("<!-- BEGIN GENERATED: paper -->") == 1
     report.main(argv)
     assert readme.read_text() == text
@@ -290,5 +326,8 @@ def test_report_paper_table_over_all_runs(tmp_path, capsys):
     empty.mkdir()
     report.main(["--results-dir", str(empty), "--out-dir", str(tmp_path / "out2"), "--readme", str(readme)])
     text = readme.read_text()
-    assert "| 20 | not measured |" in text and "| 110 | not measured |" in text and "93.68" in text
+    [table] = paper_tables(text)
+    assert list(table) == [20, 32, 44, 56, 110]
+    assert {row["runs (seeds)"] for row in table.values()} == {"not measured"}
+    assert figures(table[110]["akamaster best-of-run"]) == [93.68]
     assert text.count("Not measured yet.") == 2  # the other sections
