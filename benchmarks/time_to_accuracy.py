@@ -25,9 +25,8 @@ from fastcifar.training.stopping import DIVERGED_EXIT, STOPPED_EXIT
 
 SCHEMA_VERSION = 2
 RECIPES = common.REPO / "configs" / "fast"
-COMPILE = ("compile_seconds: torch._dynamo.utils.compilation_time_metrics (frame and lazy backward compiles), a "
-           "fresh inductor cache per run (every seed cold); null when compile is off; inside wall_seconds, "
-           "not setup_seconds")
+COMPILE = ("compile_seconds: the trainer's (torch._dynamo's compilation_time_metrics), a fresh inductor "
+           "cache per run (every seed cold); null with compile off; inside wall_seconds, not setup_seconds")
 SELECTION = ("time_to_target: the fastest recipe whose mean final test top-1 over the seeds is >= target; "
              "first_crossing (--curves): the first epoch at >= target, which selects on the test set (reference only)")
 
@@ -45,14 +44,11 @@ def parse_args(argv):
     p.add_argument("--run-root", type=Path, default=None, help="default: runs/time_to_accuracy/<UTC time>")
     args = common.parse_with_overrides(p, argv)
     args.epochs = list(dict.fromkeys(args.epochs)) if args.epochs else None  # a repeat would reuse run dirs
-    missing = [recipe(args, d) for d in args.depths if not recipe(args, d).is_file()]
+    args.recipes = {depth: args.config or RECIPES / f"resnet{depth}.yml" for depth in args.depths}
+    missing = [path for path in args.recipes.values() if not path.is_file()]
     if missing:
         p.error(f"no recipe {missing[0]} (pass --config FILE)")
     return args
-
-
-def recipe(args, depth: int) -> Path:
-    return args.config if args.config is not None else RECIPES / f"resnet{depth}.yml"
 
 
 def plan(args, run_root: Path, data_root, world_size: int) -> dict[tuple[int, int], list]:
@@ -65,7 +61,7 @@ def plan(args, run_root: Path, data_root, world_size: int) -> dict[tuple[int, in
                   "data__root": data_root, "data__download": False if data_root else None}
         values = [*common.overrides(train__progress=False), *args.overrides,
                   *common.overrides(**{k: v for k, v in forced.items() if v is not None})]
-        cfg = config_lib.load(recipe(args, depth), values, world_size)
+        cfg = config_lib.load(args.recipes[depth], values, world_size)
         # the final epoch is always evaluated; the others only for curves
         train = dataclasses.replace(cfg.train, eval_every=1 if args.curves else cfg.train.epochs)
         runs.setdefault((depth, cfg.train.epochs), []).append(dataclasses.replace(cfg, train=train))
@@ -115,8 +111,7 @@ def time_to(recipes: list[dict], target: float | None) -> dict | None:
                key=lambda i: recipes[i]["wall_seconds"]["mean"])
     chosen = {} if best is None else recipes[best]
     return {"target": target, "status": "not reached" if best is None else "reached", "recipe": best,
-            "wall_seconds": chosen.get("wall_seconds"),
-            "wall_seconds_without_compile": chosen.get("wall_seconds_without_compile"),
+            **{k: chosen.get(k) for k in ("wall_seconds", "wall_seconds_without_compile")},
             "best_mean_final_top1": max(means.values(), default=None)}
 
 
@@ -175,12 +170,11 @@ def run(args, dist) -> int:
                 summary = Trainer(cfg, dist).fit(on_epoch_end=curve.append)
             if summary["stop_requested"]:  # reduced over the ranks: every rank stops here
                 if dist.is_main:  # a shortened run must not count as a recipe's result
-                    stderr_line(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} "
-                                f"after epoch {summary['epochs']}/{cfg.train.epochs}; depths finished "
-                                "before it are in the result file")
+                    stderr_line(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} (epoch "
+                                f"{summary['epochs']}/{cfg.train.epochs}); recipes done are in {out_path}")
                 return STOPPED_EXIT
             records.append(run_record(cfg, summary, curve, args.target if args.curves else None))
-        recipes.setdefault(depth, []).append(recipe_record(recipe(args, depth), group[0], records))
+        recipes.setdefault(depth, []).append(recipe_record(args.recipes[depth], group[0], records))
         # after every recipe: a long run that dies keeps what finished
         result["depths"] = [depth_record(d, found, args.target) for d, found in recipes.items()]
         result["complete"] = done == len(groups)
