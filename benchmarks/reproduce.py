@@ -15,7 +15,6 @@ import dataclasses  # noqa: E402
 import datetime as dt  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import shlex  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -44,7 +43,7 @@ class Run:
     seed: int
     run_dir: Path
     epochs: int
-    command: list[str]  # the fresh start; a resume adds --resume
+    command: list[str]  # the fresh start (-u: log.txt shows progress live); a resume adds --resume
     state: str  # finished | stopped | failed | pending
     started = False  # in this call
     returncode = error = result = proc = None
@@ -64,7 +63,7 @@ def parse_args(argv):
     p.add_argument("--depths", type=common.depth, nargs="+", default=list(common.PAPER_TABLE_DEPTHS))
     p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--parallel", type=common.positive_int, default=1, help="runs at once")
-    p.add_argument("--deadline", type=common.seconds, default=None, help="seconds after start to stop the runs")
+    p.add_argument("--deadline", type=common.seconds, help="seconds after start to stop the runs")
     p.add_argument("--min-start", type=common.seconds, default=60.0, help="start no run with less time left")
     p.add_argument("--grace", type=common.seconds, default=90.0, help="seconds from SIGTERM to SIGKILL")
     p.add_argument("--config-dir", type=Path, default=common.REPO / "configs", help="where resnet<depth>.yml are")
@@ -102,8 +101,9 @@ def plan(args, depth: int, seed: int) -> Run:
         raise ConfigError(f"{run_dir} holds a run of another recipe ({change}); call with its settings "
                           "again, or choose another --runs-dir")
     run_py = "run.py" if Path.cwd().resolve() == common.REPO else str(common.REPO / "run.py")
-    return Run(depth, seed, run_dir, cfg.train.epochs, [sys.executable, run_py, str(config), *overrides],
-               "finished" if rundir.is_finished(run_dir) else "pending")
+    command = [sys.executable, "-u", run_py, str(config), *overrides]
+    state = "finished" if rundir.is_finished(run_dir) else "pending"
+    return Run(depth, seed, run_dir, cfg.train.epochs, command, state)
 
 
 def display(command: list[str]) -> str:
@@ -116,18 +116,16 @@ def collect(run: Run, out: Path) -> None:
     try:
         summary_path = run.run_dir / "summary.json"
         summary = json.loads(summary_path.read_text())
-        records = rundir.records(run.run_dir)
-        points = [{k: r.get(k) for k in ("epoch", "top1", "top5", "train_loss")} for r in rundir.epochs(records)
-                  if r.get("top1") is not None]
-        best = max(points, key=lambda p: p["top1"], default=None)
-        log_path = run.run_dir / "log.txt"
-        log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
         finished = dt.datetime.fromtimestamp(summary_path.stat().st_mtime, dt.timezone.utc)
         finished = finished.isoformat(timespec="seconds")
         path = out / f"{finished[:10]}_{common.slug(summary['device'])}_paper_resnet{run.depth}_seed{run.seed}.json"
         run.result = path
         if path.is_file() and not run.started:
             return
+        points = rundir.curve(run.run_dir)
+        best = max(points, key=lambda p: p["top1"], default=None)
+        log_path = run.run_dir / "log.txt"
+        log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
         source, weights = ckpt.checkpoint_path(run.run_dir, summary["epochs"]), run.weights
         if source.is_file() and (not weights.is_file() or weights.stat().st_mtime < source.stat().st_mtime):
             ckpt.save_checkpoint(weights, ckpt.load_checkpoint(source)["model"])  # what export_weights.py ships
@@ -136,8 +134,8 @@ def collect(run: Run, out: Path) -> None:
         common.write_json(path, common.result(
             "paper_run", SCHEMA_VERSION, **{k: summary.get(k) for k in copied}, depth=run.depth, seed=run.seed,
             selection=SELECTION, best_top1_seen=best and best["top1"], best_top1_seen_epoch=best and best["epoch"],
-            curve=points, segments=1 + sum(r.get("event") == "resume" for r in records), finished_at=finished,
-            run_dir=str(run.run_dir), command=display(run.command),
+            curve=points, segments=1 + sum(r.get("event") == "resume" for r in rundir.records(run.run_dir)),
+            finished_at=finished, run_dir=str(run.run_dir), command=display(run.command),
             commands=[line.split(": ", 1)[1] for line in log_text.splitlines() if line.startswith(LAUNCH)],
             config=yaml.safe_load((run.run_dir / "config.yaml").read_text()),
             weights=str(weights) if weights.is_file() else None))
@@ -157,19 +155,17 @@ def launch(run: Run) -> None:
     with open(run.run_dir / "log.txt", "a") as f:
         f.write(f"{LAUNCH}{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}: {display(command)}\n")
         f.flush()  # before the run's own output
-        run.proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        run.proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     run.started = True
     log(f"started {run.name}" + (f", resuming after epoch {resume}" if resume else ""))
 
 
 def settle(run: Run, returncode: int, signalled: bool) -> None:
-    """signalled: by this script, whose SIGTERM may come before run.py handles it."""
     run.returncode, run.proc = returncode, None
     if returncode == 0 and rundir.is_finished(run.run_dir):
         run.state = "finished"
     elif returncode == STOPPED_EXIT or (signalled and returncode < 0):
-        run.state = "stopped"  # resumable from whatever checkpoint it has
+        run.state = "stopped"  # resumable; our SIGTERM may come before run.py handles it
     else:
         run.state = "failed"
         segment = (run.run_dir / "log.txt").read_text(errors="replace").split(LAUNCH)[-1]

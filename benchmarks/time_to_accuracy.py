@@ -36,12 +36,12 @@ def parse_args(argv):
     common.add_run_options(p, ("cifar10", "synthetic"), PAPER_DEPTHS)
     p.add_argument("--seeds", type=common.positive_int, default=3, help="runs per recipe (seeds 0..N-1)")
     p.add_argument("--target", type=common.percentage, default=92.0, help="test top-1, percent")
-    p.add_argument("--epochs", type=common.positive_int, nargs="+", default=None,
+    p.add_argument("--epochs", type=common.positive_int, nargs="+",
                    help="recipe lengths to try (default: the recipe's train.epochs)")
     p.add_argument("--curves", action="store_true", help="evaluate every epoch (default: the final one only)")
-    p.add_argument("--config", type=Path, default=None, help="one recipe for every depth (model.name set per depth)")
+    p.add_argument("--config", type=Path, help="one recipe for every depth (model.name set per depth)")
     p.add_argument("--synthetic-test-size", type=common.positive_int, default=10_000)
-    p.add_argument("--run-root", type=Path, default=None, help="default: runs/time_to_accuracy/<UTC time>")
+    p.add_argument("--run-root", type=Path, help="default: runs/time_to_accuracy/<UTC time>")
     args = common.parse_with_overrides(p, argv)
     args.epochs = list(dict.fromkeys(args.epochs)) if args.epochs else None  # a repeat would reuse run dirs
     args.recipes = {depth: args.config or RECIPES / f"resnet{depth}.yml" for depth in args.depths}
@@ -69,7 +69,6 @@ def plan(args, run_root: Path, data_root, world_size: int) -> dict[tuple[int, in
 
 
 def run_record(cfg, summary: dict, records: list[dict], target: float | None) -> dict:
-    """One run's figures; its setup and compile time as the trainer measured them."""
     curve = [{k: r.get(k) for k in ("epoch", "wall_seconds", "train_seconds", "top1", "train_loss")}
              for r in records]
     crossed = [p for p in curve if target is not None and p["top1"] is not None and p["top1"] >= target]
@@ -93,7 +92,7 @@ def stat(values: list[float]) -> dict:
 def recipe_record(config: Path, cfg, runs: list[dict]) -> dict:
     crossings = [r["first_crossing"] for r in runs if r["first_crossing"]]
     return {
-        "config": Path(os.path.relpath(Path(config).resolve(), common.REPO)).as_posix(), "epochs": cfg.train.epochs,
+        "config": Path(os.path.relpath(config.resolve(), common.REPO)).as_posix(), "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size, "lr": cfg.optim.lr, "schedule": cfg.schedule.name,
         "loader": cfg.loader.name, "seeds": len(runs), "runs": runs,
         **{k: stat([r[k] for r in runs if r[k] is not None]) for k in
