@@ -45,8 +45,7 @@ class Run:
     epochs: int
     command: list[str]  # the fresh start (-u: log.txt shows progress live); a resume adds --resume
     state: str  # finished | stopped | failed | pending
-    started = False  # in this call
-    returncode = error = result = proc = None
+    returncode = error = result = proc = None  # returncode: of this call's run.py, if it started one
     error_tail: tuple = ()
 
     @property
@@ -120,7 +119,7 @@ def collect(run: Run, out: Path) -> None:
         finished = finished.isoformat(timespec="seconds")
         path = out / f"{finished[:10]}_{common.slug(summary['device'])}_paper_resnet{run.depth}_seed{run.seed}.json"
         run.result = path
-        if path.is_file() and not run.started:
+        if path.is_file() and run.returncode is None:
             return
         points = rundir.curve(run.run_dir)
         best = max(points, key=lambda p: p["top1"], default=None)
@@ -156,7 +155,6 @@ def launch(run: Run) -> None:
         f.write(f"{LAUNCH}{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}: {display(command)}\n")
         f.flush()  # before the run's own output
         run.proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    run.started = True
     log(f"started {run.name}" + (f", resuming after epoch {resume}" if resume else ""))
 
 
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.state == "finished":
             collect(r, args.out)
     runs = [{"depth": r.depth, "seed": r.seed, "run_dir": str(r.run_dir), "state": r.state,
-             "started": r.started, "epochs": r.epochs, "result": r.result and str(r.result),
+             "started": r.returncode is not None, "epochs": r.epochs, "result": r.result and str(r.result),
              "epochs_done": r.epochs if r.state == "finished" else ckpt.latest_epoch(r.run_dir) or 0,
              "weights": str(r.weights) if r.result and r.weights.is_file() else None,
              "returncode": r.returncode, "error": r.error, "error_tail": r.error_tail} for r in args.runs]
