@@ -15,7 +15,6 @@ import dataclasses  # noqa: E402
 import datetime as dt  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import shlex  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -44,12 +43,10 @@ class Run:
     seed: int
     run_dir: Path
     epochs: int
-    command: list[str]  # the fresh start; a resume adds --resume
-    state: str = "pending"  # finished | stopped | failed | pending
-    started = signalled = False  # started in this call; signalled by this script
-    returncode = error = result = proc = None
+    command: list[str]  # the fresh start (-u: log.txt shows progress live); a resume adds --resume
+    state: str  # finished | stopped | failed | pending
+    returncode = error = result = proc = None  # returncode: of this call's run.py, if it started one
     error_tail: tuple = ()
-    log_offset: int = 0
 
     @property
     def name(self) -> str:
@@ -65,7 +62,7 @@ def parse_args(argv):
     p.add_argument("--depths", type=common.depth, nargs="+", default=list(common.PAPER_TABLE_DEPTHS))
     p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0, 1, 2])
     p.add_argument("--parallel", type=common.positive_int, default=1, help="runs at once")
-    p.add_argument("--deadline", type=common.seconds, default=None, help="seconds after start to stop the runs")
+    p.add_argument("--deadline", type=common.seconds, help="seconds after start to stop the runs")
     p.add_argument("--min-start", type=common.seconds, default=60.0, help="start no run with less time left")
     p.add_argument("--grace", type=common.seconds, default=90.0, help="seconds from SIGTERM to SIGKILL")
     p.add_argument("--config-dir", type=Path, default=common.REPO / "configs", help="where resnet<depth>.yml are")
@@ -98,14 +95,14 @@ def plan(args, depth: int, seed: int) -> Run:
                               f"but {option} makes it {str(value)!r}")
     if cfg.train.resume:
         raise ConfigError("train.resume: reproduce.py resumes runs from their checkpoints itself")
-    saved = run_dir / "config.yaml"
-    if saved.is_file():  # a run of an earlier call: it must be this recipe
-        change = config_lib.recipe_change(yaml.safe_load(saved.read_text()) or {}, cfg)
-        if change is not None:
-            raise ConfigError(f"{run_dir} holds a run of another recipe ({change}); call with its settings "
-                              "again, or choose another --runs-dir")
+    saved = run_dir / "config.yaml"  # a run of an earlier call: it must be this recipe
+    if saved.is_file() and (change := config_lib.recipe_change(yaml.safe_load(saved.read_text()) or {}, cfg)):
+        raise ConfigError(f"{run_dir} holds a run of another recipe ({change}); call with its settings "
+                          "again, or choose another --runs-dir")
     run_py = "run.py" if Path.cwd().resolve() == common.REPO else str(common.REPO / "run.py")
-    return Run(depth, seed, run_dir, cfg.train.epochs, [sys.executable, run_py, str(config), *overrides])
+    command = [sys.executable, "-u", run_py, str(config), *overrides]
+    state = "finished" if rundir.is_finished(run_dir) else "pending"
+    return Run(depth, seed, run_dir, cfg.train.epochs, command, state)
 
 
 def display(command: list[str]) -> str:
@@ -118,18 +115,16 @@ def collect(run: Run, out: Path) -> None:
     try:
         summary_path = run.run_dir / "summary.json"
         summary = json.loads(summary_path.read_text())
-        records = rundir.records(run.run_dir)
-        points = [{k: r.get(k) for k in ("epoch", "top1", "top5", "train_loss")} for r in rundir.epochs(records)
-                  if r.get("top1") is not None]
-        best = max(points, key=lambda p: p["top1"], default=None)
-        log_path = run.run_dir / "log.txt"
-        log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
         finished = dt.datetime.fromtimestamp(summary_path.stat().st_mtime, dt.timezone.utc)
         finished = finished.isoformat(timespec="seconds")
         path = out / f"{finished[:10]}_{common.slug(summary['device'])}_paper_resnet{run.depth}_seed{run.seed}.json"
         run.result = path
-        if path.is_file() and not run.started:
+        if path.is_file() and run.returncode is None:
             return
+        points = rundir.curve(run.run_dir)
+        best = max(points, key=lambda p: p["top1"], default=None)
+        log_path = run.run_dir / "log.txt"
+        log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
         source, weights = ckpt.checkpoint_path(run.run_dir, summary["epochs"]), run.weights
         if source.is_file() and (not weights.is_file() or weights.stat().st_mtime < source.stat().st_mtime):
             ckpt.save_checkpoint(weights, ckpt.load_checkpoint(source)["model"])  # what export_weights.py ships
@@ -138,8 +133,8 @@ def collect(run: Run, out: Path) -> None:
         common.write_json(path, common.result(
             "paper_run", SCHEMA_VERSION, **{k: summary.get(k) for k in copied}, depth=run.depth, seed=run.seed,
             selection=SELECTION, best_top1_seen=best and best["top1"], best_top1_seen_epoch=best and best["epoch"],
-            curve=points, segments=1 + sum(r.get("event") == "resume" for r in records), finished_at=finished,
-            run_dir=str(run.run_dir), command=display(run.command),
+            curve=points, segments=1 + sum(r.get("event") == "resume" for r in rundir.records(run.run_dir)),
+            finished_at=finished, run_dir=str(run.run_dir), command=display(run.command),
             commands=[line.split(": ", 1)[1] for line in log_text.splitlines() if line.startswith(LAUNCH)],
             config=yaml.safe_load((run.run_dir / "config.yaml").read_text()),
             weights=str(weights) if weights.is_file() else None))
@@ -158,24 +153,21 @@ def launch(run: Run) -> None:
     command = run.command + (["--resume"] if resume is not None else [])
     with open(run.run_dir / "log.txt", "a") as f:
         f.write(f"{LAUNCH}{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}: {display(command)}\n")
-        f.flush()
-        run.log_offset = f.tell()
-        run.proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    run.started = True
+        f.flush()  # before the run's own output
+        run.proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log(f"started {run.name}" + (f", resuming after epoch {resume}" if resume else ""))
 
 
-def settle(run: Run, returncode: int) -> None:
+def settle(run: Run, returncode: int, signalled: bool) -> None:
     run.returncode, run.proc = returncode, None
     if returncode == 0 and rundir.is_finished(run.run_dir):
         run.state = "finished"
-    elif returncode == STOPPED_EXIT or (run.signalled and returncode < 0):
-        run.state = "stopped"  # resumable from whatever checkpoint it has
+    elif returncode == STOPPED_EXIT or (signalled and returncode < 0):
+        run.state = "stopped"  # resumable; our SIGTERM may come before run.py handles it
     else:
         run.state = "failed"
-        text = (run.run_dir / "log.txt").read_bytes()[run.log_offset:].decode(errors="replace")
-        lines = [line for line in text.splitlines() if line.strip()]
+        segment = (run.run_dir / "log.txt").read_text(errors="replace").split(LAUNCH)[-1]
+        lines = [line for line in segment.splitlines()[1:] if line.strip()]  # after the launch line
         run.error_tail = lines[-10:]
         errors = [line for line in lines if line.startswith(("run.py: error:", "run.py: diverged:"))]
         run.error = (errors[-1] if errors else f"killed by {signal.Signals(-returncode).name}" if returncode < 0
@@ -188,66 +180,57 @@ def drive(args) -> str | None:
     queue = [r for r in args.runs if r.state == "pending"]
     running: list[Run] = []
     term_at, reason = None, None
+    deadline = float("inf") if args.deadline is None else args.deadline
     try:
         with GracefulStop(announce=False) as stop:  # a second Ctrl-C raises KeyboardInterrupt: kill below
             while queue or running:
                 now = time.monotonic() - _STARTED
-                left = None if args.deadline is None else args.deadline - now
-                if term_at is None and (stop.signal_name or (left is not None and left <= 0)):
+                left = deadline - now
+                if term_at is None and (stop.signal_name or left <= 0):
                     reason, term_at = (f"signal {stop.signal_name}" if stop.signal_name else "deadline"), now
                     log(f"stopping {len(running)} run(s) ({reason}); they save a checkpoint after the epoch")
                     for r in running:
-                        r.signalled = True
                         r.proc.send_signal(signal.SIGTERM)
                 if term_at is not None and now >= term_at + args.grace:
-                    for r in running:
-                        r.proc.kill()
-                while (term_at is None and queue and len(running) < args.parallel
-                       and (left is None or left >= args.min_start)):
+                    break  # the runs still going are killed below
+                while term_at is None and queue and len(running) < args.parallel and left >= args.min_start:
                     running.append(queue.pop(0))
                     launch(running[-1])
                 for r in [r for r in running if r.proc.poll() is not None]:
                     running.remove(r)
-                    settle(r, r.proc.returncode)
-                if not running and (term_at is not None or (left is not None and left < args.min_start)):
+                    settle(r, r.proc.returncode, signalled=term_at is not None)
+                if not running and (term_at is not None or left < args.min_start):
                     break
                 time.sleep(0.2)
     except KeyboardInterrupt:
         reason = "a second Ctrl-C: runs killed"
     finally:
-        for r in list(running):  # after a second Ctrl-C or an unexpected error: leave no orphans
-            r.signalled = True
+        for r in list(running):  # after the grace, a second Ctrl-C or an unexpected error: leave no orphans
             r.proc.kill()
-            settle(r, r.proc.wait())
+            settle(r, r.proc.wait(), signalled=True)
     return reason or ("deadline (less than --min-start left)" if queue else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for r in args.runs:
-        r.state = "finished" if rundir.is_finished(r.run_dir) else r.state
     reason = drive(args)
-    runs = []
     for r in args.runs:
         if r.state == "finished":
             collect(r, args.out)
-        done = (rundir.read_json(r.run_dir / "summary.json") or {}).get("epochs") if r.state == "finished" else None
-        runs.append({"depth": r.depth, "seed": r.seed, "run_dir": str(r.run_dir), "state": r.state,
-                     "started": r.started, "epochs_done": done or ckpt.latest_epoch(r.run_dir) or 0, "epochs": r.epochs,
-                     "result": str(r.result) if r.result else None,
-                     "weights": str(r.weights) if r.result and r.weights.is_file() else None,
-                     "returncode": r.returncode, "error": r.error, "error_tail": r.error_tail})
+    runs = [{"depth": r.depth, "seed": r.seed, "run_dir": str(r.run_dir), "state": r.state,
+             "started": r.returncode is not None, "epochs": r.epochs, "result": r.result and str(r.result),
+             "epochs_done": r.epochs if r.state == "finished" else ckpt.latest_epoch(r.run_dir) or 0,
+             "weights": str(r.weights) if r.result and r.weights.is_file() else None,
+             "returncode": r.returncode, "error": r.error, "error_tail": r.error_tail} for r in args.runs]
     counts = {s: sum(r["state"] == s for r in runs) for s in ("finished", "stopped", "failed", "pending")}
-    settings = {k: getattr(args, k) for k in ("depths", "seeds", "parallel", "deadline", "min_start", "grace",
-                                              "data_root", "overrides")}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                if k not in ("runs", "out")}  # the options and overrides
     common.write_json(args.out / "reproduce_status.json", common.result(
-        "paper_status", SCHEMA_VERSION, settings={**settings, "config_dir": str(args.config_dir),
-                                                  "runs_dir": str(args.runs_dir)},
-        elapsed_seconds=round(time.monotonic() - _STARTED, 1), stopped_by=reason, counts=counts, runs=runs))
-    notes = {"finished": lambda r: Path(r["result"]).name, "failed": lambda r: r["error"]}
+        "paper_status", SCHEMA_VERSION, settings=settings, stopped_by=reason, counts=counts, runs=runs,
+        elapsed_seconds=round(time.monotonic() - _STARTED, 1)))
     print(common.markdown_table(["depth", "seed", "state", "epochs", "result / error"], [
         [r["depth"], r["seed"], r["state"], f"{r['epochs_done']}/{r['epochs']}",
-         notes.get(r["state"], lambda _r: "call again to continue")(r)] for r in runs]))
+         Path(r["result"]).name if r["result"] else r["error"] or "call again to continue"] for r in runs]))
     log(", ".join(f"{n} {s}" for s, n in counts.items()) + (f" (stopped by {reason})" if reason else "")
         + f"; status in {args.out / 'reproduce_status.json'}")
     return 1 if counts["failed"] else 0

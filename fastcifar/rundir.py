@@ -33,3 +33,9 @@ def epochs(records_: list[dict]) -> list[dict]:
     """One record per epoch, in order; an epoch trained twice around a resume counts as its last record."""
     by_epoch = {r["epoch"]: r for r in records_ if "event" not in r and "train_loss" in r}
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def curve(run_dir: Path) -> list[dict]:
+    """The evaluated epochs of a run, in order: epoch, test top-1 and top-5, train loss."""
+    return [{k: r.get(k) for k in ("epoch", "top1", "top5", "train_loss")} for r in epochs(records(run_dir))
+            if r.get("top1") is not None]

@@ -34,6 +34,22 @@ def test_tiny_run_loss_falls_and_writes_outputs(synthetic_root, tmp_path):
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "checkpoint_epoch0003.pt"
 
 
+def test_summary_reports_setup_and_compile_seconds(synthetic_root, tmp_path, monkeypatch):
+    """Where a run's time goes: its setup, and what torch.compile spent during it (null when off: see
+    test_time_to_accuracy_*). The compile itself is stubbed, a real one is too slow for CPU tests."""
+    from fastcifar.training import trainer as trainer_lib
+
+    before = trainer_lib.compile_seconds()
+    torch.compile(lambda x: x.sin(), backend="eager")(torch.ones(2))
+    assert trainer_lib.compile_seconds() > before  # the counter dynamo keeps, which the summary reads
+    spent = iter([10.0, 12.5])  # when the trainer starts, when it ends
+    monkeypatch.setattr(trainer_lib, "compile_seconds", lambda: next(spent))
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    cfg = tiny_config(synthetic_root, tmp_path / "compiled", train__epochs=1, train__compile="true")
+    summary = Trainer(cfg).fit()
+    assert summary["compile"] is True and summary["compile_seconds"] == 2.5 and summary["setup_seconds"] > 0
+
+
 @pytest.mark.parametrize("backend", [n for n in ("torch-gpu", "dali") if n in LOADERS])
 def test_loss_falls_on_every_backend(synthetic_root, tmp_path, backend):
     cfg = tiny_config(synthetic_root, tmp_path / backend, loader__name=backend, loader__device="cpu",

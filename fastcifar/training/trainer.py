@@ -51,14 +51,25 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent in this process so far: frame compiles and the backward
+    graphs compiled lazily at the first backward pass."""
+    from torch._dynamo.utils import compilation_time_metrics as metrics
+
+    return sum(sum(metrics.get(k, [])) for k in ("_compile.compile_inner", "backward._backward_impl"))
+
+
 class Trainer:
     def __init__(self, cfg: Config, dist: dist_lib.DistInfo | None = None):
+        start = time.perf_counter()
         self.cfg = cfg
         self.dist = dist or dist_lib.setup(cfg.train.device)
         self.main = self.dist.is_main
         config_lib.validate(cfg, self.dist.world_size)
         self.runtime = resolve_runtime(cfg.train, self.dist.device, self.dist.distributed, announce=self.main,
                                        implementation=cfg.optim.implementation)
+        # compiles happen lazily, in fit(): the summary reports this trainer's share apart
+        self.compile_base = compile_seconds() if self.runtime.compile else None
         self.run_dir = Path(cfg.train.run_dir)
         seed_everything(cfg.train.seed, cfg.train.deterministic)
 
@@ -82,6 +93,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.first_step_seconds = None  # of this process: compile time shows here
         self._prepare_run_dir()
+        self.setup_seconds = time.perf_counter() - start  # data, model, run dir, a resume's checkpoint
 
     # ---- setup -------------------------------------------------------------------------------
     def _load_data(self):
@@ -361,7 +373,9 @@ class Trainer:
             "final_top5": last.get("top5"),
             "final_train_loss": last.get("train_loss"),
             "train_seconds": self.train_seconds,
-            "first_step_seconds": self.first_step_seconds,
+            "first_step_seconds": self.first_step_seconds,  # it, setup and compile: this process's only
+            "setup_seconds": self.setup_seconds,
+            "compile_seconds": None if self.compile_base is None else compile_seconds() - self.compile_base,
             "world_size": self.dist.world_size,
             "device": torch.cuda.get_device_name(self.dist.device) if self.dist.device.type == "cuda" else platform.processor() or "cpu",
             "amp": str(self.runtime.amp_dtype).replace("torch.", "") if self.runtime.amp_dtype else "none",
