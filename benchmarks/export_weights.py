@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         source = args.weights_from / f"resnet{depth}-seed{run['seed']}.pt"
         if not source.is_file():
             p.error(f"resnet{depth}: the median run (seed {run['seed']}) has no weights at {source}")
+        try:  # the run's config, from its result file: trained as the hub's models are used
+            hub.check_shippable(run.get("config"), source)
+        except FastcifarError as e:
+            p.error(str(e))
         chosen.append((depth, ranked, run, source))
     for depth, ranked, run, source in chosen:
         record = {"seed": run["seed"], "seeds": sorted(r["seed"] for r in ranked), "result": run["result"],

@@ -3,16 +3,10 @@ above 1.1x the model alone) and a seed-style baseline; compile time apart, cold 
 sets that config key for every figure but the baseline's (e.g. --train.cuda_graph=true).
 
     python benchmarks/throughput.py --depths 20 56 --batch-sizes 128 1024 --loaders torch-gpu
-
---dali-previous COMMIT instead times DALI's CPU mode, loader alone: COMMIT's pipelines/dali.py beside the current
-one in one process, an epoch of each in turn per repeat (issue #11; see benchmarks/results/README.md).
 """
 
-import dataclasses
 import itertools
-import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -54,7 +48,6 @@ def parse_args(argv):
     p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
     p.add_argument("--baseline-batch-size", type=common.positive_int, default=128)
     p.add_argument("--baseline-workers", type=common.non_negative_int, default=4)
-    p.add_argument("--dali-previous", metavar="COMMIT", default=None, help="compare DALI designs (CPU mode)")
     args = common.parse_with_overrides(p, argv)
     too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
     if args.data == "synthetic" and too_big:
@@ -237,38 +230,10 @@ def bench_depth(args, depth: int) -> dict:
     return result
 
 
-def dali_redesign(args) -> dict:
-    """COMMIT's DaliLoader, from `git show`, against the current one: an epoch of each in turn per repeat."""
-    torch.set_num_threads(1)  # torch's spinning OpenMP threads starve DALI's on a small CPU
-    path = f"{args.dali_previous}:pipelines/dali.py"
-    git = subprocess.run(["git", "show", path], cwd=common.REPO, capture_output=True, text=True, check=True)
-    current, previous = pipelines.LOADERS["dali"], {"__name__": "dali_previous"}
-    exec(compile(git.stdout, path, "exec"), previous)
-    pipelines.LOADERS["dali"] = current  # the old module registered itself under the same name
-    cfg, batch, cpu = args.fast, args.batch_sizes[0], torch.device("cpu")
-    spec = pipelines.base.LoaderSpec(args.split, True, batch, cfg.augment,
-                                     dataclasses.replace(cfg.loader, device="cpu"), cpu, True, torch.float32, 0)
-    loaders = {"previous": previous["DaliLoader"](spec), "current": current(spec)}
-    steps, seconds = len(loaders["current"]), {name: [] for name in loaders}
-    for repeat in range(args.repeats + 1):  # the first warms up
-        for name, loader in loaders.items():
-            loader.set_epoch(repeat)
-            seconds[name].append(timed(lambda: sum(1 for _ in loader), cpu))
-    rates = {name: summarize([steps * batch / s for s in values[1:]]) for name, values in seconds.items()}
-    log({name: round(r["median"]) for name, r in rates.items()})
-    return common.result("dali_cpu_redesign", 1, previous_commit=args.dali_previous, settings={
-        "batch_size": batch, "images": len(args.split), "repeats": args.repeats, "steps_per_epoch": steps,
-        **dataclasses.asdict(spec.loader)}, load_average_1_5_15_min=os.getloadavg(), images_per_s=rates,
-        speedup_of_medians=rates["current"]["median"] / rates["previous"]["median"])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = args.device.type == "cuda"  # as the trainer runs
-    if args.dali_previous:
-        log(f"wrote {common.write_json(args.out, dali_redesign(args))}")
-        return 0
     rt, name = args.runtime, common.device_name(args.device)
     config = {k: getattr(rt, k) for k in ("compile", "compile_mode", "channels_last", "cuda_graph")}
     settings = {k: getattr(args, k) for k in ("depths", "loaders", "batch_sizes", "steps", "warmup", "repeats",

@@ -97,3 +97,23 @@ def single_process_group(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+
+
+# ---- reading the benchmark reports' markdown (figures, not exact text) ----
+def tables(markdown: str) -> list[list[dict[str, str]]]:
+    """Each markdown table, as its rows keyed by header."""
+    found, headers = [], None
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells is None or headers is None:
+            headers = cells
+            found += [[]] if cells else []
+        elif set(cells) != {"---"}:
+            found[-1].append(dict(zip(headers, cells, strict=True)))
+    return found
+
+
+def figures(cell: str) -> list[float]:
+    """The numbers in a cell: '40,000 (36,000–44,000)' -> [40000.0, 36000.0, 44000.0]; '—' -> []."""
+    text = "".join(c if c.isdigit() or c in ".+-" else " " for c in cell.replace(",", ""))
+    return [float(t) for t in text.split() if any(c.isdigit() for c in t)]

@@ -11,10 +11,11 @@ from fastcifar import hub
 from fastcifar.models import build_model
 
 
-def write_runs(results, weights_from, finals, depth=20):
+def write_runs(results, weights_from, finals, depth=20, config=None):
     for seed, top1 in enumerate(finals):
         (results / f"paper_resnet{depth}_seed{seed}.json").write_text(json.dumps(
-            {"kind": "paper_run", "depth": depth, "seed": seed, "final_top1": top1, "final_top5": 99.0}))
+            {"kind": "paper_run", "depth": depth, "seed": seed, "final_top1": top1, "final_top5": 99.0,
+             "config": config}))
         torch.manual_seed(seed)
         torch.save(build_model(f"resnet{depth}").state_dict(), weights_from / f"resnet{depth}-seed{seed}.pt")
 
@@ -56,3 +57,8 @@ def test_too_few_seeds_or_missing_weights_are_one_line_errors(tmp_path, syntheti
     result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
                     "--weights-dir", tmp_path / "w")
     assert result.returncode == 2 and "the median run (seed 0) has no weights at" in result.stderr
+    write_runs(results, weights_from, [91.9, 91.2, 92.4], config={"augment": {"mean": [0.5, 0.5, 0.5]}})
+    result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
+                    "--weights-dir", tmp_path / "w")
+    assert result.returncode == 2 and "augment.mean is [0.5, 0.5, 0.5], but shipped weights need" in result.stderr
+    assert not (tmp_path / "w").exists()

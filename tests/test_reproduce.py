@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, tiny_overrides
+from conftest import REPO, figures, tables, tiny_overrides
 
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
@@ -253,28 +253,9 @@ outro
 """
 
 
-def tables(markdown: str) -> list[list[dict[str, str]]]:
-    """Each markdown table, as its rows keyed by header."""
-    found, headers = [], None
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
-        if cells is None or headers is None:
-            headers = cells
-            found += [[]] if cells else []
-        elif set(cells) != {"---"}:
-            found[-1].append(dict(zip(headers, cells, strict=True)))
-    return found
-
-
 def paper_tables(markdown: str) -> list[dict[int, dict[str, str]]]:
     """The tables with a 'runs (seeds)' column, as their rows by depth."""
     return [{int(row["depth"]): row for row in t} for t in tables(markdown) if t and "runs (seeds)" in t[0]]
-
-
-def figures(cell: str) -> list[float]:
-    """The numbers in a cell: '40,000 (36,000–44,000)' -> [40000.0, 36000.0, 44000.0]; '—' -> []."""
-    text = "".join(c if c.isdigit() or c in ".+-" else " " for c in cell.replace(",", ""))
-    return [float(t) for t in text.split() if any(c.isdigit() for c in t)]
 
 
 def test_report_paper_table_over_all_runs(tmp_path, capsys):
