@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         if not source.is_file():
             p.error(f"resnet{depth}: the median run (seed {run['seed']}) has no weights at {source}")
         try:  # the run's config, from its result file: trained as the hub's models are used
-            hub.check_shippable(run.get("config"), source)
+            hub.check_shippable(run.get("config"), args.results_dir / run["result"])
         except FastcifarError as e:
             p.error(str(e))
         chosen.append((depth, ranked, run, source))

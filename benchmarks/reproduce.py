@@ -192,7 +192,9 @@ def drive(args) -> str | None:
                     for r in running:
                         r.proc.send_signal(signal.SIGTERM)
                 if term_at is not None and now >= term_at + args.grace:
-                    break  # the runs still going are killed below
+                    for r in running:  # while the stop handlers still hold; settled below
+                        r.proc.kill()
+                    break
                 while term_at is None and queue and len(running) < args.parallel and left >= args.min_start:
                     running.append(queue.pop(0))
                     launch(running[-1])

@@ -56,10 +56,14 @@ def parse_args(argv):
         args.device = resolve_device(args.device)
         args.fast = make_config(args, args.depths[0], args.loaders[0], args.batch_sizes[0])
         args.runtime = resolve_runtime(args.fast.train, args.device, implementation=args.fast.optim.implementation)
-        args.split = (load_cifar("cifar10", args.fast.data.root, "train", download=True) if args.data == "cifar10"
-                      else synthetic_split(args.synthetic_size, seed=args.seed, learnable=False))
     except FastcifarError as e:
         p.error(str(e))
+    try:  # not a usage error: one line, no usage text
+        data = args.fast.data
+        args.split = (load_cifar("cifar10", data.root, "train", data.download) if args.data == "cifar10"
+                      else synthetic_split(args.synthetic_size, seed=args.seed, learnable=False))
+    except FastcifarError as e:
+        p.exit(2, f"throughput.py: error: {e}\n")
     args.out = args.out or common.out_path("throughput", args.device)
     args.peak = flops.peak_bandwidth(common.device_name(args.device))  # bytes/s; None when unknown
     args.baseline = None if args.no_baseline else {**SEED_STYLE, "batch_size": args.baseline_batch_size,

@@ -169,8 +169,9 @@ def run(args, dist) -> int:
                 summary = Trainer(cfg, dist).fit(on_epoch_end=curve.append)
             if summary["stop_requested"]:  # reduced over the ranks: every rank stops here
                 if dist.is_main:  # a shortened run must not count as a recipe's result
+                    done = f"recipes done are in {out_path}" if result["depths"] else "no recipe was finished"
                     stderr_line(f"time_to_accuracy.py: stopped by a signal during {cfg.train.run_dir} (epoch "
-                                f"{summary['epochs']}/{cfg.train.epochs}); recipes done are in {out_path}")
+                                f"{summary['epochs']}/{cfg.train.epochs}); {done}")
                 return STOPPED_EXIT
             records.append(run_record(cfg, summary, curve, args.target if args.curves else None))
         recipes.setdefault(depth, []).append(recipe_record(args.recipes[depth], group[0], records))

@@ -169,6 +169,15 @@ def test_throughput_bad_options_give_one_line(argv, message, capsys):
     assert message in err[-1] and err[-1].startswith("throughput.py: error:")
 
 
+def test_throughput_without_the_data_set_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        throughput.main(["--device", "cpu", "--data", "cifar10", f"--data.root={tmp_path}", "--data.download=false"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"throughput.py: error: CIFAR-10 not found under {tmp_path}: expected {tmp_path}/cifar10/train.npz, "
+        f"{tmp_path}/cifar-10-batches-py/ or {tmp_path}/cifar-10-python.tar.gz (or set data.download=true)"]
+
+
 def test_peak_bandwidth_by_device_name():
     assert flops.peak_bandwidth("NVIDIA H200") == 4.8e12
     assert flops.peak_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
@@ -253,7 +262,8 @@ def test_time_to_accuracy_a_signal_in_a_runs_last_epoch_ends_the_script(tmp_path
     monkeypatch.setattr(Trainer, "train_epoch", signalled_epoch)
     before = signal.getsignal(signal.SIGTERM)
     assert time_to_accuracy.main(tiny_tta_args(tmp_path, "--seeds", "2", "--epochs", "1")) == 3
-    assert "time_to_accuracy.py: stopped by a signal" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "time_to_accuracy.py: stopped by a signal" in err and err.strip().endswith("no recipe was finished")
     assert [p.name for p in (tmp_path / "runs" / "resnet8" / "e1").iterdir()] == ["seed0"]
     assert signal.getsignal(signal.SIGTERM) == before
 
