@@ -60,9 +60,7 @@ def resolve_runtime(train: TrainConfig, device: torch.device, distributed: bool 
         if not cuda:
             raise ConfigError("train.cuda_graph: 'true' needs CUDA; use --train.cuda_graph=false "
                               "(auto captures only on CUDA)")
-        if amp == "fp16":
-            raise ConfigError("train.cuda_graph: cannot capture with train.amp=fp16 (GradScaler "
-                              "checks for inf on the host); use --train.amp=bf16 or none")
+        require_no_grad_scaler(AMP_DTYPES[amp])
         if compile_ and train.compile_mode in GRAPHED_COMPILE_MODES:
             raise ConfigError(f"train.cuda_graph: train.compile_mode={train.compile_mode} already "
                               "captures CUDA graphs; use one or the other")
@@ -126,6 +124,12 @@ def sgd_implementation(choice: str, device: torch.device) -> str:
     except ImportError:  # a private helper: if it moves, CUDA is the device fused SGD has had longest
         fused_devices = ["cuda"]
     return "fused" if device.type in fused_devices else "foreach"
+
+
+def require_no_grad_scaler(amp_dtype) -> None:
+    if amp_dtype == torch.float16:
+        raise ConfigError("train.cuda_graph: cannot capture with train.amp=fp16 (GradScaler "
+                          "checks for inf on the host); use --train.amp=bf16 or none")
 
 
 def require_fused(implementation: str) -> None:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from fastcifar.errors import ConfigError
 from fastcifar.training.capture import CAPTURE_MODE
-from fastcifar.training.engine import Runtime, TrainStep
+from fastcifar.training.engine import Runtime, TrainStep, require_fused, require_no_grad_scaler
 
 
 class GraphedTrainStep(TrainStep):
@@ -35,13 +34,10 @@ class GraphedTrainStep(TrainStep):
 
     def __init__(self, train_model: nn.Module, optimizer: torch.optim.Optimizer, runtime: Runtime,
                  label_smoothing: float = 0.0, capture: bool = True):
-        if runtime.amp_dtype == torch.float16:
-            raise ConfigError("train.cuda_graph: cannot capture with train.amp=fp16 (GradScaler "
-                              "checks for inf on the host); use --train.amp=bf16 or none")
+        require_no_grad_scaler(runtime.amp_dtype)  # resolve_runtime's checks, for a step built directly
         fused = all(g.get("fused") for g in optimizer.param_groups)
         if capture and not fused:
-            raise ConfigError("optim.implementation: a captured step needs fused SGD (it reads the "
-                              "learning rate on the device); use fused or auto")
+            require_fused("foreach" if optimizer.param_groups[0].get("foreach") else "for-loop")
         super().__init__(train_model, optimizer, runtime, label_smoothing, tensor_lr=fused or None)
         self.capture_enabled = capture
         self.graph = None
