@@ -57,6 +57,7 @@ class AugmentConfig:
 # Kept in step with pipelines.LOADERS (a test checks): the config names the backends without
 # importing them, so the loaders can import the config.
 LoaderName = Literal["dali", "torch-gpu", "torchvision"]
+DeviceName = Literal["auto", "cuda", "cpu"]  # train.device, and the --device option of the commands
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class TrainConfig:
     batch_size: int = _key(128, "global batch size, over all ranks")
     seed: int = _key(0, "seeds the model, the shuffle and every augmentation draw")
     deterministic: bool = _key(False, "deterministic algorithms (bit-exact reruns on CPU)")
-    device: Literal["auto", "cuda", "cpu"] = _key("auto", "training device; auto is CUDA when present")
+    device: DeviceName = _key("auto", "training device; auto is CUDA when present")
     amp: Literal["auto", "bf16", "fp16", "none"] = _key("auto", "autocast dtype; auto is bf16 on CUDA, none on CPU")
     channels_last: bool = _key(True, "NHWC memory format for the model and its inputs")
     compile: Literal["auto", "true", "false"] = _key("auto", "torch.compile the model; auto is on CUDA only")

@@ -9,6 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from fastcifar.config import DeviceName, choices
 from fastcifar.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ def rank_from_env() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-DEVICE_CHOICES = ("auto", "cuda", "cpu")
+DEVICE_CHOICES = choices(DeviceName)
 
 
 def resolve_device(preference: str = "auto", local_rank: int = 0, key: str = "train.device") -> torch.device:
