@@ -29,7 +29,6 @@ already fed and scheduled.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -7,7 +7,6 @@ on the number of workers, and a resumed run sees the same augmented images as an
 
 from __future__ import annotations
 
-
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
