@@ -15,42 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastcifar.distributed import DEVICE_CHOICES, resolve_device
 from fastcifar.errors import FastcifarError, stderr_line
 from fastcifar.files import json_text
-from fastcifar.scoring import evaluate_model
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """What scoring a model needs from the run that trained it."""
-
-    model: str  # registry name, e.g. resnet56
-    shortcut: str
-    dataset: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-def run_scoring(tree: dict | None, source: Path) -> Scoring:
-    """The model, data set and normalisation of a saved config tree (None: the defaults). Keys the
-    tree lacks keep their defaults, keys this version does not know are ignored; a bad value is
-    one line naming the key and the file."""
-    from fastcifar import config as config_lib
-
-    wanted = {"model": ("name", "shortcut"), "data": ("dataset",), "augment": ("mean", "std")}
-    tree = tree or {}
-    picked = {section: {k: v for k, v in (tree.get(section) or {}).items() if k in keys}
-              for section, keys in wanted.items() if isinstance(tree.get(section) or {}, dict)}
-    try:
-        cfg = config_lib.from_dict(picked)
-        config_lib.validate(cfg)  # the model name, 3 means and 3 positive stds among the rest
-    except FastcifarError as e:
-        raise FastcifarError(f"{source}: {e}") from None
-    return Scoring(cfg.model.name, cfg.model.shortcut, cfg.data.dataset, cfg.augment.mean, cfg.augment.std)
+from fastcifar.scoring import evaluate_model, run_scoring
 
 
 def model_for(name: str, checkpoint: bool) -> str:

@@ -25,7 +25,7 @@ import torch.nn as nn
 from fastcifar.errors import CheckpointError, FastcifarError
 from fastcifar.files import file_digest, json_text, write_text_atomic
 from fastcifar.models import PAPER_DEPTHS, build_model
-from fastcifar.scoring import evaluate_model
+from fastcifar.scoring import evaluate_model, run_scoring
 from fastcifar.training import checkpoint as ckpt
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -175,14 +175,14 @@ def check_shippable(config: dict | None, path: Path) -> None:
     """Shipped weights are used with CIFAR-10's default normalisation and option A shortcuts (as the
     hub's models are built and evaluated): a run trained otherwise would be shipped with a wrong accuracy.
     A plain state dict carries no config; its shortcut is still checked by the strict load."""
-    from fastcifar.config import CIFAR10_MEAN, CIFAR10_STD
-
-    wanted = {"data.dataset": "cifar10", "model.shortcut": "A", "augment.mean": list(CIFAR10_MEAN),
-              "augment.std": list(CIFAR10_STD)}
-    for key, want in wanted.items() if config else ():
-        section, name = key.split(".")
-        got = (config.get(section) or {}).get(name, want)
-        if (list(got) if isinstance(got, (list, tuple)) else got) != want:
+    if config is None:
+        return
+    run, shipped = run_scoring(config, path), run_scoring(None, path)
+    for key, field in (("data.dataset", "dataset"), ("model.shortcut", "shortcut"), ("augment.mean", "mean"),
+                       ("augment.std", "std")):
+        got, want = getattr(run, field), getattr(shipped, field)
+        if got != want:
+            got, want = (list(v) if isinstance(v, tuple) else v for v in (got, want))  # shown as the YAML lists
             raise HubError(f"{path}: {key} is {got!r}, but shipped weights need {want!r} (the hub's "
                            "normalisation and shortcuts); evaluate this run with `python -m fastcifar.evaluate` instead")
 

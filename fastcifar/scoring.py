@@ -1,13 +1,16 @@
-"""Test accuracy of a model through the same normalisation and evaluation code as training, shared
-by the evaluate command and the export of shipped weights (each imports it, neither the other)."""
+"""Test accuracy of a model through the same normalisation and evaluation code as training, and
+what scoring needs from the run that trained it; shared by the evaluate command and the export of
+shipped weights (each imports it, neither the other)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from fastcifar.config import CIFAR10_MEAN, CIFAR10_STD
+from fastcifar.errors import FastcifarError
 
 
 def evaluate_model(model: torch.nn.Module, data_root: str | Path, limit: int | None = None,
@@ -38,3 +41,32 @@ def evaluate_model(model: torch.nn.Module, data_root: str | Path, limit: int | N
         for m, training in modes:  # evaluate() ends in train mode, as the training loop wants
             m.train(training)
     return {"top1": result["top1"], "top5": result["top5"], "images": result["test_images"]}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What scoring a model needs from the run that trained it."""
+
+    model: str  # registry name, e.g. resnet56
+    shortcut: str
+    dataset: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def run_scoring(tree: dict | None, source: Path) -> Scoring:
+    """The model, data set and normalisation of a saved config tree (None: the defaults). Keys the
+    tree lacks keep their defaults, keys this version does not know are ignored; a bad value is
+    one line naming the key and the file."""
+    from fastcifar import config as config_lib
+
+    wanted = {"model": ("name", "shortcut"), "data": ("dataset",), "augment": ("mean", "std")}
+    tree = tree or {}
+    picked = {section: {k: v for k, v in (tree.get(section) or {}).items() if k in keys}
+              for section, keys in wanted.items() if isinstance(tree.get(section) or {}, dict)}
+    try:
+        cfg = config_lib.from_dict(picked)
+        config_lib.validate(cfg)  # the model name, 3 means and 3 positive stds among the rest
+    except FastcifarError as e:
+        raise FastcifarError(f"{source}: {e}") from None
+    return Scoring(cfg.model.name, cfg.model.shortcut, cfg.data.dataset, cfg.augment.mean, cfg.augment.std)
