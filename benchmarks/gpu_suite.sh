@@ -27,12 +27,12 @@ case $part in
         --train.progress=false --data.root="$DATA_ROOT" --train.run_dir="$RUNS/epoch-$loader" --loader.name=$loader
       cp "$RUNS/epoch-$loader/summary.json" "$OUT/epoch-$loader.json"
     done ;;
-  throughput) step throughput python3 -m benchmarks.throughput --data cifar10 --data.root="$DATA_ROOT" \
+  throughput) step throughput python3 -m fastcifar.bench.throughput --data cifar10 --data.root="$DATA_ROOT" \
     --out "$OUT/throughput.json" "$@" ;;
-  tta) step tta python3 -m benchmarks.time_to_accuracy --data.root="$DATA_ROOT" --run-root "$RUNS/tta-$(date +%s)" \
+  tta) step tta python3 -m fastcifar.bench.time_to_accuracy --data.root="$DATA_ROOT" --run-root "$RUNS/tta-$(date +%s)" \
     --out "$OUT/time_to_accuracy.json" "$@" ;;
   paper)
-    step paper python3 -m benchmarks.reproduce --data-root "$DATA_ROOT" --runs-dir "$RUNS/paper" --out "$OUT/paper" \
+    step paper python3 -m fastcifar.bench.reproduce --data-root "$DATA_ROOT" --runs-dir "$RUNS/paper" --out "$OUT/paper" \
       --deadline $((LIMIT - 120)) --grace 60 --train.checkpoint_every=5 "$@"
     mkdir -p "$OUT/paper/weights" && cp -u "$RUNS"/paper/*.pt "$OUT/paper/weights/" ;;
   *) echo "gpu_suite.sh: unknown part $part: expected validate, throughput, tta or paper" >&2; exit 2 ;;

@@ -225,12 +225,31 @@ def parse_override(arg: str) -> tuple[str, str, object]:
     return section, key, value
 
 
+RECIPES = Path(__file__).resolve().parent / "configs"  # shipped with the package; configs/ in a clone links here
+
+
+def recipes() -> list[str]:
+    """The shipped recipes by name: resnet20, ..., fast/resnet20, ..."""
+    return sorted(p.relative_to(RECIPES).with_suffix("").as_posix() for p in RECIPES.rglob("*.yml"))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A config file's path, or a shipped recipe's by name ('resnet56', 'fast/resnet56')."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.relative_to("configs") if path.parts[:1] == ("configs",) else path  # the clone's link
+    shipped = RECIPES / name.with_suffix(".yml") if path.suffix in ("", ".yml") else None
+    if shipped is not None and not path.is_absolute() and shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file {path} not found (give a YAML file, or a shipped recipe by name: "
+                      f"{', '.join(recipes())})")
+
+
 def load(path: str | Path | None, overrides: list[str] = (), world_size: int = 1) -> Config:
     tree: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
+        path = recipe_path(path)
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

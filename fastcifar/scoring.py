@@ -23,7 +23,7 @@ def evaluate_model(model: torch.nn.Module, data_root: str | Path, limit: int | N
     from fastcifar.config import AugmentConfig, Config, DataConfig, LoaderConfig, TrainConfig
     from fastcifar.data import CifarSplit, load_cifar
     from fastcifar.training.engine import evaluate, resolve_runtime
-    from pipelines import build_loader
+    from fastcifar.pipelines import build_loader
 
     data = load_cifar(dataset, data_root, "test", download)
     if limit is not None:

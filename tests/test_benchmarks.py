@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import REPO, figures, tables
 
-import pipelines
-from benchmarks import common, report, throughput, time_to_accuracy
+from fastcifar import pipelines
+from fastcifar.bench import common, report, throughput, time_to_accuracy
 from fastcifar import config as config_lib
 from fastcifar import flops
 
@@ -26,7 +26,7 @@ TINY_THROUGHPUT = ["--device", "cpu", "--data", "synthetic", "--synthetic-size",
 
 
 def run_module(name: str, *args: str, timeout: int = 300):
-    return subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", f"fastcifar.bench.{name}", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -335,7 +335,7 @@ def test_time_to_accuracy_under_torchrun(tmp_path):
         port = sock.getsockname()[1]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(port),
-         "-m", "benchmarks.time_to_accuracy", *tiny_tta_args(tmp_path, "--seeds", "1", "--epochs", "1", "--target", "5")],
+         "-m", "fastcifar.bench.time_to_accuracy", *tiny_tta_args(tmp_path, "--seeds", "1", "--epochs", "1", "--target", "5")],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "tta.json").read_text())

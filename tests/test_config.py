@@ -137,7 +137,7 @@ def test_recipe_change_names_the_first_recipe_key_that_differs():
 def test_config_loader_names_match_the_registry():
     import typing
 
-    from pipelines import LOADERS
+    from fastcifar.pipelines import LOADERS
 
     assert set(config_lib.choices(typing.get_type_hints(config_lib.LoaderConfig)["name"])) == set(LOADERS)
 

@@ -10,7 +10,7 @@ from test_loaders import batches, make_cfg, split
 
 from fastcifar.data import CifarSplit
 from fastcifar.errors import ConfigError
-from pipelines import LOADERS, build_loader
+from fastcifar.pipelines import LOADERS, build_loader
 
 pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install -e '.[dali]')")
 
@@ -122,7 +122,7 @@ def test_torch_gpu_on_cuda_matches_cpu_and_counts_eval_once():
     flip = make_cfg(backend="torch-gpu", batch=100, crop_padding=0, flip_p=0.5, erase_p=0.0,
                     mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     x, y = all_images(on_gpu(flip), data, "cuda")
-    from pipelines.sharding import train_indices
+    from fastcifar.pipelines.sharding import train_indices
 
     src = torch.from_numpy(data.images[train_indices(500, 3, 0, 0, 1)]).permute(0, 3, 1, 2)
     px = (x * 255).round().to(torch.uint8)

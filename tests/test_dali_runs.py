@@ -16,9 +16,9 @@ from conftest import REPO, tiny_overrides
 from test_loaders import make_cfg, split
 
 from fastcifar.data import CifarSplit
-from pipelines import build_loader
-from pipelines.sharding import batch_key, eval_indices, train_indices
-from pipelines.torch_gpu import draw
+from fastcifar.pipelines import build_loader
+from fastcifar.pipelines.sharding import batch_key, eval_indices, train_indices
+from fastcifar.pipelines.torch_gpu import draw
 
 pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install -e '.[dali]')")
 
@@ -264,7 +264,7 @@ def default_loader_args(root, run_dir):
 
 def test_default_loader_is_dali_in_cpu_mode_without_cuda(monkeypatch, tmp_path):
     from fastcifar import config as config_lib
-    from pipelines.dali import DaliLoader
+    from fastcifar.pipelines.dali import DaliLoader
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = default_loader_args(tmp_path, tmp_path / "run")

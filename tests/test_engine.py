@@ -276,7 +276,7 @@ def test_prefetch_on_cpu_hands_the_loaders_batches_through(synthetic_root, tmp_p
     from conftest import tiny_config
 
     from fastcifar.data import load_cifar
-    from pipelines import build_loader
+    from fastcifar.pipelines import build_loader
 
     inner = ListLoader(batches(3))
     wrapped = prefetch(inner, CPU)
@@ -495,7 +495,7 @@ def test_prefetched_cuda_batches_equal_the_loaders(synthetic_root, tmp_path):
     from conftest import tiny_config
 
     from fastcifar.data import load_cifar
-    from pipelines import build_loader
+    from fastcifar.pipelines import build_loader
 
     cfg = tiny_config(synthetic_root, tmp_path / "run", loader__name="torch-gpu", train__device="cuda")
     data = load_cifar("cifar10", str(synthetic_root), "train", False)

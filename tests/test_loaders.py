@@ -12,8 +12,8 @@ from conftest import synthetic_arrays
 
 from fastcifar.config import AugmentConfig, Config, LoaderConfig, TrainConfig
 from fastcifar.data import CifarSplit
-from pipelines import LOADERS, build_loader
-from pipelines.sharding import train_indices
+from fastcifar.pipelines import LOADERS, build_loader
+from fastcifar.pipelines.sharding import train_indices
 
 BACKENDS = [name for name in ("torchvision", "torch-gpu", "dali") if name in LOADERS]
 
@@ -93,7 +93,7 @@ def test_workers_do_not_change_the_batches():
 def test_torchvision_draws_leave_the_process_generators_alone(monkeypatch):
     """workers=0 runs the transforms in this process: each batch's seed must not touch the global
     CPU state nor reseed any CUDA generator, and a key must still give the draws it always gave."""
-    from pipelines.torchvision_backend import build_transform
+    from fastcifar.pipelines.torchvision_backend import build_transform
 
     seeded = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(("all", seed)))

@@ -21,7 +21,7 @@ from conftest import REPO, figures, tables, tiny_overrides
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
 
-from benchmarks import common, report, reproduce
+from fastcifar.bench import common, report, reproduce
 
 EPOCHS_TO_BRIDGE = 40  # ~0.8 s each on 2 slow cores: a 6 s deadline stops the run well before its end
 
@@ -44,7 +44,7 @@ def driver_args(tmp_path, config_dir, root, *extra, seeds=("0",), **overrides) -
 
 def start(args: list[str]) -> subprocess.Popen:
     # one thread per run: two runs share the two cores of the CI machine
-    return subprocess.Popen([sys.executable, "-m", "benchmarks.reproduce", *args], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "fastcifar.bench.reproduce", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -218,9 +218,9 @@ def test_a_failing_run_is_reported_with_its_error(tmp_path, config_dir):
     assert result.returncode == 1
     [run] = status(tmp_path)["runs"]
     assert run["state"] == "failed" and run["returncode"] == 2 and run["result"] is None
-    assert run["error"].startswith("run.py: error:") and str(empty) in run["error"]
+    assert run["error"].startswith("fastcifar train: error:") and str(empty) in run["error"]
     assert run["error"] in run["error_tail"]
-    assert "| 8 | 0 | failed | 0/2 | run.py: error:" in result.stdout
+    assert "| 8 | 0 | failed | 0/2 | fastcifar train: error:" in result.stdout
     assert not results(tmp_path)
 
 

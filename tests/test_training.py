@@ -12,7 +12,7 @@ from fastcifar.training import Trainer
 from fastcifar.training import checkpoint as ckpt
 from fastcifar.training.engine import TrainStep, build_optimizer, resolve_runtime
 from fastcifar.training.schedule import LRSchedule
-from pipelines import LOADERS
+from fastcifar.pipelines import LOADERS
 
 
 def records(run_dir):

@@ -34,7 +34,7 @@ from fastcifar.training.graph import build_train_step
 from fastcifar.training.prefetch import prefetch
 from fastcifar.training.schedule import LRSchedule
 from fastcifar.training.stopping import GracefulStop
-from pipelines import build_loader
+from fastcifar.pipelines import build_loader
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 from fastcifar.environment import usable_cpus
-from pipelines.base import LoaderSpec, register_loader, to_model_input
-from pipelines.sharding import EpochPlan
+from fastcifar.pipelines.base import LoaderSpec, register_loader, to_model_input
+from fastcifar.pipelines.sharding import EpochPlan
 
 
 def build_transform(spec: LoaderSpec):

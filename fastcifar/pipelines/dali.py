@@ -34,9 +34,9 @@ import torch
 
 from fastcifar.environment import usable_cpus
 from fastcifar.errors import ConfigError
-from pipelines.base import LoaderSpec, loader_device, register_loader
-from pipelines.sharding import EpochPlan, index_tensor
-from pipelines.torch_gpu import draw
+from fastcifar.pipelines.base import LoaderSpec, loader_device, register_loader
+from fastcifar.pipelines.sharding import EpochPlan, index_tensor
+from fastcifar.pipelines.torch_gpu import draw
 
 MISSING = ("loader 'dali' needs DALI: pip install -e '.[dali]' (CUDA 12) or -e '.[dali-cuda130]' "
            "(CUDA 13), or choose --loader.name=torch-gpu or --loader.name=torchvision")

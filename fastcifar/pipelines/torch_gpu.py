@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from fastcifar.config import AugmentConfig
-from pipelines.base import LoaderSpec, loader_device, register_loader
-from pipelines.sharding import EpochPlan, index_tensor
+from fastcifar.pipelines.base import LoaderSpec, loader_device, register_loader
+from fastcifar.pipelines.sharding import EpochPlan, index_tensor
 
 ERASE_TRIES = 10  # torchvision's RandomErasing tries 10 rectangles before giving up
 

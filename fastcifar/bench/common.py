@@ -16,7 +16,8 @@ from fastcifar.errors import FastcifarError
 from fastcifar.files import json_text, write_text_atomic  # a crash mid-write never leaves half a file
 from fastcifar.models import blocks_per_stage
 
-RESULTS_DIR = REPO / "benchmarks" / "results"
+# a clone's benchmarks/results; where the package is installed, ./benchmarks/results
+RESULTS_DIR = (REPO if (REPO / "benchmarks").is_dir() else Path()) / "benchmarks" / "results"
 # He et al. 2016, Table 6: CIFAR-10 test error -> top-1 accuracy, for the depths the paper trained.
 PAPER_TOP1 = {20: 91.25, 32: 92.49, 44: 92.83, 56: 93.03, 110: 93.39, 1202: 92.07}
 PAPER_TABLE_DEPTHS = (20, 32, 44, 56, 110)
