@@ -92,3 +92,34 @@ def test_the_installed_hub_loader_builds_every_entry_point(venv, tmp_path):
     counts = json.loads(loaded.stdout)
     # He et al. 2016, Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M parameters
     assert [round(c / 1e6, 2) for c in counts.values()] == [0.27, 0.46, 0.66, 0.85, 1.73, 19.42]
+
+
+def test_recipes_load_by_name_by_path_and_through_the_clones_link(tmp_path, monkeypatch):
+    from fastcifar import config as config_lib
+    from fastcifar.errors import ConfigError
+
+    shipped = REPO / "fastcifar" / "configs"
+    assert (REPO / "configs").resolve() == shipped.resolve()  # one copy of each recipe
+    monkeypatch.chdir(tmp_path)  # not the clone: names still find the shipped files
+    assert config_lib.recipe_path("resnet56") == shipped / "resnet56.yml"
+    assert config_lib.recipe_path("fast/resnet56.yml") == shipped / "fast" / "resnet56.yml"
+    assert config_lib.recipe_path("configs/resnet110.yml") == shipped / "resnet110.yml"
+    assert config_lib.load("fast/resnet32").model.name == "resnet32"
+    own = tmp_path / "resnet56.yml"  # a file of the user's wins over the shipped recipe of that name
+    own.write_text("model:\n  name: resnet8\n")
+    assert config_lib.load("resnet56.yml").model.name == "resnet8"
+    with pytest.raises(ConfigError, match=r"^config file resnet21 not found \(give a YAML file, or a shipped "
+                                          r"recipe by name: fast/resnet110, .*, resnet56\)$"):
+        config_lib.recipe_path("resnet21")
+
+
+def test_the_command_dispatches_and_refuses_an_unknown_command_in_one_line(capsys):
+    from fastcifar import cli
+
+    assert cli.main(["recipes"]) == 0 and "fast/resnet20" in capsys.readouterr().out.split()
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["bench", "report", "--help"])
+    assert stopped.value.code == 0 and "usage: report.py" in capsys.readouterr().out
+    assert cli.main(["bench", "nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastcifar: error: unknown command 'bench nonsense'") and err.count("\n") == 1
