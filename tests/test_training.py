@@ -501,7 +501,7 @@ def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     import sys
     import time
 
-    from conftest import REPO, tiny_overrides, write_npz
+    from conftest import REPO, default_sigint, tiny_overrides, write_npz
 
     from fastcifar.training.stopping import INTERRUPTED_EXIT
 
@@ -510,7 +510,7 @@ def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     stderr = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([sys.executable, "run.py", "configs/resnet20.yml",
                              *tiny_overrides(root, run_dir, **{"train.batch_size": 8})],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=default_sigint,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
     while not (metrics.is_file() and '"loss"' in metrics.read_text()):
