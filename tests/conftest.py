@@ -126,3 +126,22 @@ def figures(cell: str) -> list[float]:
     """The numbers in a cell: '40,000 (36,000–44,000)' -> [40000.0, 36000.0, 44000.0]; '—' -> []."""
     text = "".join(c if c.isdigit() or c in ".+-" else " " for c in cell.replace(",", ""))
     return [float(t) for t in text.split() if any(c.isdigit() for c in t)]
+
+
+# ---- stored references (torchvision's expect files): written only on purpose, never silently ----
+DATA = Path(__file__).resolve().parent / "data"
+ACCEPT = "FASTCIFAR_ACCEPT"  # FASTCIFAR_ACCEPT=1 pytest ... rewrites the stored files from the reference code
+
+
+def stored_reference(name: str, computed: dict) -> dict:
+    """The stored tests/data/NAME.json. `computed` must come from the test's own reference code
+    (never from the code under test): with FASTCIFAR_ACCEPT=1 it replaces the stored file."""
+    import json
+
+    path = DATA / f"{name}.json"
+    if os.environ.get(ACCEPT) == "1":
+        DATA.mkdir(exist_ok=True)
+        path.write_text(json.dumps(computed, indent=1) + "\n")
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: generate it from the reference code with {ACCEPT}=1")
+    return json.loads(path.read_text())
