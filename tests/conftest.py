@@ -20,6 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FASTCIFAR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def one_line(excinfo) -> str:
+    """The message of a pytest.raises ExceptionInfo, checked to be one line."""
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    return message
+
+
 def official_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes) -> bytes:
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
     return pickle.dumps({b"data": data, label_key: labels.tolist(), b"batch_label": b"synthetic"})
