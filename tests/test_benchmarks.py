@@ -467,7 +467,7 @@ def test_report_refuses_a_readme_without_markers(tmp_path, capsys):
     assert readme.read_text() == "# no markers\n"
 
 
-def test_report_draws_training_curves(tmp_path):
+def test_report_draws_training_curves(tmp_path, monkeypatch):
     runs = []
     for name, lr in (("a", 0.1), ("b", 0.2)):
         run = tmp_path / name
@@ -481,6 +481,15 @@ def test_report_draws_training_curves(tmp_path):
     png = tmp_path / "curves.png"
     assert report.main(["--runs", *map(str, runs), "--curves", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    drawn = []  # the series plotted, not only that a PNG exists
+    monkeypatch.setattr(report, "save", lambda fig, path: drawn.append(fig) or path)
+    report.curves_plot(runs, png)
+    panels = [[(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()] for ax in drawn[0].axes]
+    steps = [0.5, 1.5, 2.5]
+    for i, lr in enumerate((0.1, 0.2)):  # per run: step losses, step rates, evaluated epochs' top-1
+        assert panels[0][i] == (steps, [2.0, 1.0, 2.0 / 3]), "train loss panel"
+        assert panels[1][i] == (steps, [lr] * 3), "learning-rate panel"
+        assert panels[2][i] == ([1, 3], [30.0, 90.0]), "test top-1 panel"
     with pytest.raises(SystemExit):
         report.main(["--runs", str(tmp_path / "missing"), "--curves", str(png)])
 

@@ -282,6 +282,9 @@ def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and printed[0].startswith("epoch 2/2")
     assert f"test top-1 {first['final_top1']:.2f}%" in printed[0]
+    stored = json.loads((tmp_path / "run" / "summary.json").read_text())  # intact: still the finished run
+    assert (stored["status"], stored["epochs"], stored["steps"]) == ("finished", first["epochs"], first["steps"])
+    assert stored["final_top1"] == pytest.approx(first["final_top1"])
 
 
 def test_stop_handler_leaves_forked_workers_and_ignored_sigint_alone():
