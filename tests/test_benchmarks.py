@@ -51,6 +51,7 @@ def assert_figure(fig: dict, batch: int, warmup: int, counts: dict | None = None
 
 
 # ---- throughput ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_throughput_smoke_writes_every_figure(tmp_path):
     out = tmp_path / "tp.json"
     result = run_module("throughput", *TINY_THROUGHPUT, "--synthetic-size", "128", "--batch-sizes", "32", "64",
@@ -136,6 +137,7 @@ def test_compile_time_is_measured_cold_and_warm_and_kept_out_of_images_per_s(mon
     assert model["step_ms"]["max"] < 100  # the compiling first call is not in the timed steps
 
 
+@pytest.mark.slow
 def test_throughput_reports_a_loader_that_cannot_be_built(tmp_path, monkeypatch, capsys):
     def broken(spec):
         raise ImportError("No module named 'nvidia.dali'")
@@ -185,6 +187,7 @@ def test_peak_bandwidth_by_device_name():
     assert flops.peak_bandwidth("cpu") is None
 
 
+@pytest.mark.slow
 def test_release_lets_every_depth_compile_instead_of_running_eager():
     """Every depth shares CifarResNet.forward; past dynamo's bound of graphs per code object (8) the
     rest would run eager, silently. throughput.py and time_to_accuracy.py release between runs."""
@@ -217,6 +220,7 @@ def tiny_tta_args(tmp_path, *extra):
             "--optim.lr=0.05", "--train.amp=none", "--train.compile=false", *extra]
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_evaluates_only_the_final_epoch(tmp_path):
     result = run_module("time_to_accuracy", *tiny_tta_args(tmp_path, "--seeds", "1", "--epochs", "2", "--target", "5"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -238,6 +242,7 @@ def test_time_to_accuracy_evaluates_only_the_final_epoch(tmp_path):
     assert t["status"] == "reached" and t["recipe"] == 0 and t["wall_seconds"]["values"] == [recipe["runs"][0]["wall_seconds"]]
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_curves_evaluate_every_epoch(tmp_path):
     assert time_to_accuracy.main(tiny_tta_args(tmp_path, "--seeds", "1", "--epochs", "2", "--target", "5",
                                                "--curves")) == 0
@@ -247,6 +252,7 @@ def test_time_to_accuracy_curves_evaluate_every_epoch(tmp_path):
     assert crossing["epoch"] == 1 and crossing["wall_seconds"] == run["curve"][0]["wall_seconds"]
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_a_signal_in_a_runs_last_epoch_ends_the_script(tmp_path, capsys, monkeypatch):
     """The run itself finishes, but the next seed must not start: the signal is not swallowed."""
     import signal
@@ -404,6 +410,7 @@ outro
 """
 
 
+@pytest.mark.slow
 def test_report_tables_plots_and_readme(tmp_path):
     results = tmp_path / "results"
     common.write_json(results / "throughput-h100.json", fake_throughput())

@@ -135,6 +135,7 @@ TRAIN_MEAN = [125.307, 122.950, 113.865]  # published per-channel means of the C
 
 
 @pytest.mark.parametrize("layout", ["npz", "official"])
+@pytest.mark.slow
 def test_real_cifar10(real_cifar_root, layout, tmp_path):
     root = real_cifar_root
     if layout == "official":  # hide the npz so the extracted batches are read
