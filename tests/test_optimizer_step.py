@@ -95,3 +95,18 @@ def test_the_smoothing_changes_the_loss():
     assert hand_loss(logits, batch()[1], 0.1).item() != pytest.approx(hand_loss(logits, batch()[1], 0.0).item(), rel=1e-3)
     assert hand_loss(logits, batch()[1], 0.1).item() == pytest.approx(
         F.cross_entropy(logits, batch()[1], label_smoothing=0.1).item(), rel=1e-6)
+
+
+def test_the_trainer_builds_its_step_from_the_config(synthetic_root, tmp_path):
+    """The optim keys reach the optimizer and the loss (the step itself is checked above)."""
+    from conftest import tiny_config
+
+    from fastcifar.training import Trainer
+
+    cfg = tiny_config(synthetic_root, tmp_path / "run", optim__lr=0.3, optim__momentum=0.7, optim__nesterov=True,
+                      optim__weight_decay=0.002, optim__no_wd_bn_bias=True, optim__label_smoothing=0.2)
+    trainer = Trainer(cfg)
+    groups = trainer.optimizer.param_groups
+    assert [(g["momentum"], g["nesterov"], g["weight_decay"]) for g in groups] == [(0.7, True, 0.002), (0.7, True, 0.0)]
+    assert trainer.step_fn.criterion.label_smoothing == 0.2
+    assert trainer.schedule.peak == 0.3

@@ -64,3 +64,21 @@ def test_fractional_epochs_become_steps():
     lr = schedule("multistep", warmup_epochs=0.5, milestones=(2.5,))  # 5 warm-up steps, milestone at 25
     assert lr(4) == pytest.approx(START + (PEAK - START) * 4 / 5)
     assert (lr(5), lr(24), lr(25)) == pytest.approx((PEAK, PEAK, PEAK * GAMMA))
+
+
+def test_the_trainer_applies_each_steps_rate(synthetic_root, tmp_path):
+    """Three logged steps of a tiny run, warm-up over its first epoch (10 steps) from 0: update k
+    (0-based) runs at 0.05 * k / 10, the schedule's value for that step, not the next one's."""
+    from conftest import tiny_config
+
+    from fastcifar.rundir import records
+    from fastcifar.training import Trainer
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(synthetic_root, run_dir, train__max_steps=3, train__log_every=1, schedule__warmup_epochs=1,
+                      schedule__warmup_start_lr=0.0)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    rates = [r["lr"] for r in records(run_dir) if "loss" in r]
+    assert rates == pytest.approx([0.0, 0.005, 0.01]), f"logged rates {rates}"
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # the last update's rate, as set
