@@ -78,6 +78,15 @@ def real_cifar_root(tmp_path_factory) -> Path:
     return dest
 
 
+def free_port() -> int:
+    """A free TCP port on localhost, for a gloo group or torchrun's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def default_sigint() -> None:
     """preexec_fn for a child that must be Ctrl-C-able: a pytest started in the background (a
     script's `&`, nohup) ignores SIGINT, its children inherit that, and run.py rightly honours an

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, figures, tables
+from conftest import REPO, figures, free_port, tables
 
 from fastcifar import pipelines
 from fastcifar.bench import common, report, throughput, time_to_accuracy
@@ -336,11 +336,8 @@ def test_time_to_target_selects_on_mean_final_accuracy():
 
 @pytest.mark.slow
 def test_time_to_accuracy_under_torchrun(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(port),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
          "-m", "fastcifar.bench.time_to_accuracy", *tiny_tta_args(tmp_path, "--seeds", "1", "--epochs", "1", "--target", "5")],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

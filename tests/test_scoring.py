@@ -112,7 +112,7 @@ def test_two_gloo_ranks_count_an_uneven_test_set_once(tmp_path):
     """7 images over 2 ranks (4 and 3; batch 2 a rank, the last padded on rank 1): both ranks
     report the counts of the 7 images, by hand."""
     import torch.multiprocessing as mp
-    from test_ddp import free_port
+    from conftest import free_port
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2)
