@@ -20,6 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FASTCIFAR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def one_line(excinfo) -> str:
+    """The message of a pytest.raises ExceptionInfo, checked to be one line."""
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    return message
+
+
 def official_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes) -> bytes:
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
     return pickle.dumps({b"data": data, label_key: labels.tolist(), b"batch_label": b"synthetic"})
@@ -71,6 +78,24 @@ def real_cifar_root(tmp_path_factory) -> Path:
     return dest
 
 
+def free_port() -> int:
+    """A free TCP port on localhost, for a gloo group or torchrun's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that must be Ctrl-C-able: a pytest started in the background (a
+    script's `&`, nohup) ignores SIGINT, its children inherit that, and run.py rightly honours an
+    ignored SIGINT, so a test's SIGINT would never arrive."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
     """A fast CPU training setup: resnet8, fp32 eager, small batches, no warm-up."""
     values = {
@@ -117,3 +142,22 @@ def figures(cell: str) -> list[float]:
     """The numbers in a cell: '40,000 (36,000–44,000)' -> [40000.0, 36000.0, 44000.0]; '—' -> []."""
     text = "".join(c if c.isdigit() or c in ".+-" else " " for c in cell.replace(",", ""))
     return [float(t) for t in text.split() if any(c.isdigit() for c in t)]
+
+
+# ---- stored references (torchvision's expect files): written only on purpose, never silently ----
+DATA = Path(__file__).resolve().parent / "data"
+ACCEPT = "FASTCIFAR_ACCEPT"  # FASTCIFAR_ACCEPT=1 pytest ... rewrites the stored files from the reference code
+
+
+def stored_reference(name: str, computed: dict) -> dict:
+    """The stored tests/data/NAME.json. `computed` must come from the test's own reference code
+    (never from the code under test): with FASTCIFAR_ACCEPT=1 it replaces the stored file."""
+    import json
+
+    path = DATA / f"{name}.json"
+    if os.environ.get(ACCEPT) == "1":
+        DATA.mkdir(exist_ok=True)
+        path.write_text(json.dumps(computed, indent=1) + "\n")
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: generate it from the reference code with {ACCEPT}=1")
+    return json.loads(path.read_text())

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, figures, tables
+from conftest import REPO, figures, free_port, tables
 
 from fastcifar import pipelines
 from fastcifar.bench import common, report, throughput, time_to_accuracy
@@ -51,6 +51,7 @@ def assert_figure(fig: dict, batch: int, warmup: int, counts: dict | None = None
 
 
 # ---- throughput ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_throughput_smoke_writes_every_figure(tmp_path):
     out = tmp_path / "tp.json"
     result = run_module("throughput", *TINY_THROUGHPUT, "--synthetic-size", "128", "--batch-sizes", "32", "64",
@@ -136,6 +137,7 @@ def test_compile_time_is_measured_cold_and_warm_and_kept_out_of_images_per_s(mon
     assert model["step_ms"]["max"] < 100  # the compiling first call is not in the timed steps
 
 
+@pytest.mark.slow
 def test_throughput_reports_a_loader_that_cannot_be_built(tmp_path, monkeypatch, capsys):
     def broken(spec):
         raise ImportError("No module named 'nvidia.dali'")
@@ -185,6 +187,7 @@ def test_peak_bandwidth_by_device_name():
     assert flops.peak_bandwidth("cpu") is None
 
 
+@pytest.mark.slow
 def test_release_lets_every_depth_compile_instead_of_running_eager():
     """Every depth shares CifarResNet.forward; past dynamo's bound of graphs per code object (8) the
     rest would run eager, silently. throughput.py and time_to_accuracy.py release between runs."""
@@ -217,6 +220,7 @@ def tiny_tta_args(tmp_path, *extra):
             "--optim.lr=0.05", "--train.amp=none", "--train.compile=false", *extra]
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_evaluates_only_the_final_epoch(tmp_path):
     result = run_module("time_to_accuracy", *tiny_tta_args(tmp_path, "--seeds", "1", "--epochs", "2", "--target", "5"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -238,6 +242,7 @@ def test_time_to_accuracy_evaluates_only_the_final_epoch(tmp_path):
     assert t["status"] == "reached" and t["recipe"] == 0 and t["wall_seconds"]["values"] == [recipe["runs"][0]["wall_seconds"]]
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_curves_evaluate_every_epoch(tmp_path):
     assert time_to_accuracy.main(tiny_tta_args(tmp_path, "--seeds", "1", "--epochs", "2", "--target", "5",
                                                "--curves")) == 0
@@ -247,6 +252,7 @@ def test_time_to_accuracy_curves_evaluate_every_epoch(tmp_path):
     assert crossing["epoch"] == 1 and crossing["wall_seconds"] == run["curve"][0]["wall_seconds"]
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_a_signal_in_a_runs_last_epoch_ends_the_script(tmp_path, capsys, monkeypatch):
     """The run itself finishes, but the next seed must not start: the signal is not swallowed."""
     import signal
@@ -330,11 +336,8 @@ def test_time_to_target_selects_on_mean_final_accuracy():
 
 @pytest.mark.slow
 def test_time_to_accuracy_under_torchrun(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(port),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
          "-m", "fastcifar.bench.time_to_accuracy", *tiny_tta_args(tmp_path, "--seeds", "1", "--epochs", "1", "--target", "5")],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -404,6 +407,7 @@ outro
 """
 
 
+@pytest.mark.slow
 def test_report_tables_plots_and_readme(tmp_path):
     results = tmp_path / "results"
     common.write_json(results / "throughput-h100.json", fake_throughput())
@@ -467,7 +471,7 @@ def test_report_refuses_a_readme_without_markers(tmp_path, capsys):
     assert readme.read_text() == "# no markers\n"
 
 
-def test_report_draws_training_curves(tmp_path):
+def test_report_draws_training_curves(tmp_path, monkeypatch):
     runs = []
     for name, lr in (("a", 0.1), ("b", 0.2)):
         run = tmp_path / name
@@ -481,6 +485,15 @@ def test_report_draws_training_curves(tmp_path):
     png = tmp_path / "curves.png"
     assert report.main(["--runs", *map(str, runs), "--curves", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    drawn = []  # the series plotted, not only that a PNG exists
+    monkeypatch.setattr(report, "save", lambda fig, path: drawn.append(fig) or path)
+    report.curves_plot(runs, png)
+    panels = [[(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()] for ax in drawn[0].axes]
+    steps = [0.5, 1.5, 2.5]
+    for i, lr in enumerate((0.1, 0.2)):  # per run: step losses, step rates, evaluated epochs' top-1
+        assert panels[0][i] == (steps, [2.0, 1.0, 2.0 / 3]), "train loss panel"
+        assert panels[1][i] == (steps, [lr] * 3), "learning-rate panel"
+        assert panels[2][i] == ([1, 3], [30.0, 90.0]), "test top-1 panel"
     with pytest.raises(SystemExit):
         report.main(["--runs", str(tmp_path / "missing"), "--curves", str(png)])
 

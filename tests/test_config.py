@@ -24,6 +24,7 @@ def error_of(*overrides, world_size=1) -> str:
     return message
 
 
+@pytest.mark.slow
 def test_every_config_file_loads_and_mirrors_the_dataclasses():
     assert {p.stem for p in CONFIGS} >= {f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)}
     defaults = config_lib.to_dict(Config())
@@ -107,6 +108,7 @@ def test_help_lists_every_key_with_default():
             assert f"--{section}.{key}=" in text
 
 
+@pytest.mark.slow
 def test_run_py_errors_are_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "run.py", "configs/resnet20.yml", "--train.epochs=-1"],
@@ -134,6 +136,7 @@ def test_recipe_change_names_the_first_recipe_key_that_differs():
     assert config_lib.recipe_change(older, cfg) is None  # saved before the key existed
 
 
+@pytest.mark.slow
 def test_config_loader_names_match_the_registry():
     import typing
 
@@ -142,6 +145,7 @@ def test_config_loader_names_match_the_registry():
     assert set(config_lib.choices(typing.get_type_hints(config_lib.LoaderConfig)["name"])) == set(LOADERS)
 
 
+@pytest.mark.slow
 def test_help_describes_every_key_and_shows_the_config_files_values():
     text = config_lib.help_text(load("--train.epochs=7"))
     keyed = [line for line in text.splitlines() if line.startswith("  --")]

@@ -4,17 +4,11 @@ import urllib.error
 
 import numpy as np
 import pytest
-from conftest import synthetic_arrays, write_archive, write_npz, write_official
+from conftest import one_line, synthetic_arrays, write_archive, write_npz, write_official
 
 from fastcifar import data as data_lib
 from fastcifar.data import SPECS, download_archive, load_cifar
 from fastcifar.errors import DataError
-
-
-def one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
 
 
 def test_npz_layout(tmp_path):
@@ -141,6 +135,7 @@ TRAIN_MEAN = [125.307, 122.950, 113.865]  # published per-channel means of the C
 
 
 @pytest.mark.parametrize("layout", ["npz", "official"])
+@pytest.mark.slow
 def test_real_cifar10(real_cifar_root, layout, tmp_path):
     root = real_cifar_root
     if layout == "official":  # hide the npz so the extracted batches are read

@@ -78,6 +78,7 @@ def momentum(opt):
 
 
 # ---- item 1: the learning rate as a device tensor, fused / foreach SGD -------------------------
+@pytest.mark.slow
 def test_sgd_implementation_choice():
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
@@ -96,6 +97,7 @@ def test_sgd_implementation_choice():
         build_optimizer(build_model("resnet8"), OptimConfig(implementation="foreach"), graph_rt)
 
 
+@pytest.mark.slow
 def test_tensor_lr_updates_are_bit_identical_to_float_lr():
     """The same 6 updates, with a rate changing every step: the fused kernel reading a tensor
     rate gives exactly what it gives with a float. foreach and for-loop (which fma differently
@@ -136,6 +138,7 @@ def test_fused_steps_default_to_a_tensor_lr_and_foreach_to_a_float():
 
 
 @pytest.mark.parametrize("saved_by,loaded_by", [("fused", "foreach"), ("foreach", "fused"), ("fused", "for-loop")])
+@pytest.mark.slow
 def test_optimizer_state_loads_across_implementations(tmp_path, saved_by, loaded_by):
     """A checkpoint's optimizer state holds float rates and no implementation of its own: loaded
     into another implementation, training continues exactly as the saving one would have."""
@@ -184,6 +187,7 @@ def test_momentum_saved_in_one_memory_format_loads_into_the_other():
 
 # ---- item 1: the static-buffer step (the CUDA graph's path, without capture) ---------------------
 @pytest.mark.parametrize("implementation", ["fused", "foreach"])
+@pytest.mark.slow
 def test_static_buffer_step_equals_the_plain_step(implementation):
     data, rates = batches(5, channels_last=True), lrs(5)
     plain_model, plain_opt = fresh(implementation)

@@ -4,11 +4,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO
 
 from fastcifar import hub
 from fastcifar.models import build_model
+
+pytestmark = pytest.mark.slow  # each test runs the script as a subprocess
 
 
 def write_runs(results, weights_from, finals, depth=20, config=None):

@@ -51,6 +51,7 @@ def exported(synthetic_root, tmp_path):
     return model, weights, entry
 
 
+@pytest.mark.slow
 def test_exported_weights_load_strictly_and_reproduce_their_accuracy(exported, synthetic_root):
     model, weights, entry = exported
     path = weights / entry["file"]
@@ -68,6 +69,7 @@ def test_exported_weights_load_strictly_and_reproduce_their_accuracy(exported, s
     assert again == entry["test"]
 
 
+@pytest.mark.slow
 def test_tampered_weights_are_refused(exported):
     _model, weights, entry = exported
     path = weights / entry["file"]
@@ -78,6 +80,7 @@ def test_tampered_weights_are_refused(exported):
         hub.get_model("cifar10_resnet20", pretrained=True, weights_dir=weights)
 
 
+@pytest.mark.slow
 def test_exporting_a_checkpoint_of_another_depth_fails_before_writing(exported, tmp_path, synthetic_root):
     _model, weights, _entry = exported
     with pytest.raises(hub.HubError, match=r"checkpoint_epoch0200.pt holds a resnet20 state, not resnet32$"):
@@ -88,6 +91,7 @@ def test_exporting_a_checkpoint_of_another_depth_fails_before_writing(exported, 
 @pytest.mark.parametrize("section, values, key", [
     ("augment", {"mean": [0.5, 0.5, 0.5]}, "augment.mean"), ("model", {"shortcut": "B"}, "model.shortcut"),
     ("data", {"dataset": "cifar100"}, "data.dataset")])
+@pytest.mark.slow
 def test_a_run_trained_unlike_the_hub_models_is_not_shipped(exported, tmp_path, synthetic_root, section, values, key):
     from fastcifar import config as config_lib
 
@@ -109,6 +113,7 @@ def run_evaluate(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_evaluate_command_prints_top1_and_top5(exported, synthetic_root):
     _model, weights, entry = exported
     result = run_evaluate("--model", "cifar10_resnet20", "--pretrained", "--weights-dir", str(weights),
@@ -129,6 +134,7 @@ def test_evaluate_command_prints_top1_and_top5(exported, synthetic_root):
     (["--model", "cifar10_resnet20", "--checkpoint", "{tmp}/none.pt"], "none.pt not found"),
     (["--model", "cifar10_resnet20", "--pretrained", "--limit", "0"], "--limit: 0 is invalid"),
 ])
+@pytest.mark.slow
 def test_evaluate_errors_are_one_line(args, message, tmp_path, synthetic_root):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = run_evaluate(*args, "--data.root", str(synthetic_root))
@@ -136,6 +142,7 @@ def test_evaluate_errors_are_one_line(args, message, tmp_path, synthetic_root):
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_without_data_names_the_folder(exported, tmp_path):
     _model, weights, _entry = exported
     result = run_evaluate("--model", "cifar10_resnet20", "--pretrained", "--weights-dir", str(weights),
@@ -166,6 +173,7 @@ def test_a_failed_export_leaves_no_file(tmp_path):
     assert not (tmp_path / "weights").exists() or not any((tmp_path / "weights").iterdir())
 
 
+@pytest.mark.slow
 def test_shipped_weights_of_another_model_are_a_one_line_error(exported):
     _model, weights, entry = exported
     path = weights / entry["file"]

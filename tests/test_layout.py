@@ -65,7 +65,7 @@ def test_readme_layout_table_matches_the_tree():
     table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
     for named in re.findall(r"`([\w./-]+)`", table):
         if "/" in named or named.endswith(".py"):
-            candidates = [REPO / named] + [REPO / d / named for d in (*PACKAGES, "fastcifar/training", "fastcifar/pipelines", "fastcifar/bench", "benchmarks")]
+            candidates = [REPO / named] + [REPO / d / named for d in (*PACKAGES, "fastcifar/training", "fastcifar/pipelines", "fastcifar/bench", "fastcifar/configs", "benchmarks")]
             assert any(c.exists() for c in candidates), f"README layout names {named}, which does not exist"
     for package in (*PACKAGES, "fastcifar/training", "fastcifar/pipelines", "fastcifar/bench", "benchmarks"):
         for path in (REPO / package).glob("*.py"):

@@ -206,6 +206,7 @@ def test_eval_sees_every_image_once(world, backend):
     assert sorted(seen) == list(range(n))
 
 
+@pytest.mark.slow
 def test_crop_offsets_are_uniform_in_pad_range(backend):
     n = 400
     rng = np.random.default_rng(0)

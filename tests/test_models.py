@@ -25,6 +25,7 @@ def test_forward_macs(depth):
     assert macs == pytest.approx(MACS[depth], rel=0.01)
 
 
+@pytest.mark.slow
 def test_forward_macs_resnet1202():
     # counted on the meta device: no memory or compute for 19M parameters' activations
     with torch.device("meta"):

@@ -71,6 +71,7 @@ def results(tmp_path) -> dict[int, dict]:
 
 
 # ---- runs ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_seeds_in_parallel_and_a_second_call_starts_nothing(tmp_path, config_dir, synthetic_root):
     args = driver_args(tmp_path, config_dir, synthetic_root, "--parallel", "2", seeds=("0", "1"))
     first = call(args)
@@ -137,6 +138,7 @@ def test_two_seeds_in_parallel_and_a_second_call_starts_nothing(tmp_path, config
     assert "Traceback" not in third.stderr
 
 
+@pytest.mark.slow
 def test_a_deadline_stops_the_run_and_the_next_call_finishes_it(tmp_path, config_dir, synthetic_root):
     args = driver_args(tmp_path, config_dir, synthetic_root, train__epochs=EPOCHS_TO_BRIDGE)
     run_dir = tmp_path / "runs" / "resnet8-seed0"
@@ -172,6 +174,7 @@ def test_a_deadline_stops_the_run_and_the_next_call_finishes_it(tmp_path, config
     assert r["curve"][-1]["top1"] == r["final_top1"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_driver_stops_its_runs_gracefully(tmp_path, config_dir, synthetic_root):
     run_dir = tmp_path / "runs" / "resnet8-seed0"
     proc = start(driver_args(tmp_path, config_dir, synthetic_root, train__epochs=EPOCHS_TO_BRIDGE))
@@ -211,6 +214,7 @@ def test_bad_input_is_one_line_and_starts_nothing(tmp_path, config_dir, syntheti
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_with_its_error(tmp_path, config_dir):
     empty = tmp_path / "no-data"
     empty.mkdir()

@@ -19,6 +19,7 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_tiny_run_loss_falls_and_writes_outputs(synthetic_root, tmp_path):
     cfg = tiny_config(synthetic_root, tmp_path / "run", train__epochs=3)
     summary = Trainer(cfg).fit()
@@ -34,6 +35,7 @@ def test_tiny_run_loss_falls_and_writes_outputs(synthetic_root, tmp_path):
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "checkpoint_epoch0003.pt"
 
 
+@pytest.mark.slow
 def test_summary_reports_setup_and_compile_seconds(synthetic_root, tmp_path, monkeypatch):
     """Where a run's time goes: its setup, and what torch.compile spent during it (null when off: see
     test_time_to_accuracy_*). The compile itself is stubbed, a real one is too slow for CPU tests."""
@@ -51,6 +53,7 @@ def test_summary_reports_setup_and_compile_seconds(synthetic_root, tmp_path, mon
 
 
 @pytest.mark.parametrize("backend", [n for n in ("torch-gpu", "dali") if n in LOADERS])
+@pytest.mark.slow
 def test_loss_falls_on_every_backend(synthetic_root, tmp_path, backend):
     cfg = tiny_config(synthetic_root, tmp_path / backend, loader__name=backend, loader__device="cpu",
                       train__epochs=3)
@@ -69,6 +72,7 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_deterministic_runs_give_identical_weights(synthetic_root, tmp_path):
     for name in ("a", "b"):
         Trainer(tiny_config(synthetic_root, tmp_path / name, train__deterministic=True)).fit()
@@ -79,6 +83,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(synthetic_root, tmp_path):
     extra = dict(train__epochs=3, train__deterministic=True, schedule__name="cosine",
                  augment__erase_p=0.5)
@@ -108,6 +113,7 @@ def test_resume_without_checkpoint_is_a_clear_error(synthetic_root, tmp_path):
         Trainer(tiny_config(synthetic_root, tmp_path / "empty", train__resume=True))
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_recipe_but_not_another_way_to_run_it(synthetic_root, tmp_path):
     Trainer(tiny_config(synthetic_root, tmp_path / "run", train__epochs=2)).fit(lambda r: None)
     for key, value in (("optim__lr", 0.5), ("train__epochs", 3), ("augment__erase_p", 0.0)):
@@ -224,6 +230,7 @@ def test_cuda_bf16_channels_last_compile_step(synthetic_root, tmp_path):
     os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(synthetic_root, tmp_path):
     """A scheduler's SIGTERM mid-run: run.py saves a checkpoint at the end of the epoch, exits 3,
     and --resume finishes with the weights of an unbroken run."""
@@ -272,6 +279,7 @@ def test_sigterm_stops_after_the_epoch_and_resume_finishes_the_same_run(syntheti
     assert [p.name for p in run_dir.glob("checkpoint_epoch*.pt")] == ["checkpoint_epoch0004.pt"]  # keep 1
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root, tmp_path, capsys):
     first = Trainer(tiny_config(synthetic_root, tmp_path / "run")).fit()
     capsys.readouterr()
@@ -282,6 +290,9 @@ def test_resuming_a_finished_run_reports_its_final_accuracy_again(synthetic_root
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and printed[0].startswith("epoch 2/2")
     assert f"test top-1 {first['final_top1']:.2f}%" in printed[0]
+    stored = json.loads((tmp_path / "run" / "summary.json").read_text())  # intact: still the finished run
+    assert (stored["status"], stored["epochs"], stored["steps"]) == ("finished", first["epochs"], first["steps"])
+    assert stored["final_top1"] == pytest.approx(first["final_top1"])
 
 
 def test_stop_handler_leaves_forked_workers_and_ignored_sigint_alone():
@@ -341,6 +352,7 @@ def test_checkpoint_save_fsyncs_the_file_and_then_its_folder(tmp_path, monkeypat
     assert synced == ["file", "dir"]  # the folder after the rename, which made the name point at the file
 
 
+@pytest.mark.slow
 def test_resume_on_an_accelerator_loads_the_checkpoint_to_cpu(synthetic_root, tmp_path):
     """On a GPU, loading to the device moved the RNG states there and their restore failed. The
     meta device stands in for CUDA: nothing loaded onto it can be restored or copied."""
@@ -356,6 +368,7 @@ def test_resume_on_an_accelerator_loads_the_checkpoint_to_cpu(synthetic_root, tm
     assert_same_weights(ckpt.model_state(resumed.model), saved["model"])
 
 
+@pytest.mark.slow
 def test_resume_skips_a_damaged_latest_checkpoint_with_one_warning(synthetic_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
     Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3)).fit()
@@ -410,6 +423,7 @@ def test_json_text_writes_non_finite_floats_as_null():
     assert strict_json(json_text(value)) == {"loss": None, "nested": [1.5, None, {"x": None}], "n": 3}
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
     """Fault injection: from step 13 (epoch 2) the weights turn NaN, as after an exploding update."""
     from fastcifar.errors import Diverged
@@ -436,6 +450,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_r
     assert [r["step"] for r in log if r.get("event") == "diverged"] == [13]
 
 
+@pytest.mark.slow
 def test_divergence_in_evaluation_is_caught_before_the_checkpoint(synthetic_root, tmp_path):
     from fastcifar.errors import Diverged
 
@@ -453,6 +468,7 @@ def test_divergence_in_evaluation_is_caught_before_the_checkpoint(synthetic_root
     assert not list(run_dir.glob("checkpoint_epoch*.pt"))
 
 
+@pytest.mark.slow
 def test_run_py_reports_a_real_divergence_with_its_own_exit_status(synthetic_root, tmp_path):
     import subprocess
     import sys
@@ -476,6 +492,7 @@ def test_run_py_reports_a_real_divergence_with_its_own_exit_status(synthetic_roo
     assert not list(run_dir.glob("checkpoint_epoch*.pt"))
 
 
+@pytest.mark.slow
 def test_max_steps_cuts_the_run_short_and_resume_continues_it(synthetic_root, tmp_path, capsys):
     run_dir = tmp_path / "run"
     summary = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__max_steps=15)).fit()
@@ -495,13 +512,14 @@ def test_max_steps_cuts_the_run_short_and_resume_continues_it(synthetic_root, tm
     assert (summary["status"], summary["steps"], summary["epochs"]) == ("finished", 30, 3)
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     import signal
     import subprocess
     import sys
     import time
 
-    from conftest import REPO, tiny_overrides, write_npz
+    from conftest import REPO, default_sigint, tiny_overrides, write_npz
 
     from fastcifar.training.stopping import INTERRUPTED_EXIT
 
@@ -510,7 +528,7 @@ def test_second_ctrl_c_exits_130_with_one_line(tmp_path):
     stderr = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([sys.executable, "run.py", "configs/resnet20.yml",
                              *tiny_overrides(root, run_dir, **{"train.batch_size": 8})],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=default_sigint,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
     while not (metrics.is_file() and '"loss"' in metrics.read_text()):
@@ -555,6 +573,7 @@ def test_smoke_run_on_real_data_is_cut_short(real_cifar_root, tmp_path):
     assert [r["test_images"] for r in records(run_dir) if "test_images" in r] == [1000]
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_never_checkpointed(synthetic_root, tmp_path):
     """An update after the last checked loss can still break the weights; with no evaluation that
     epoch, the check before the checkpoint is the one that sees it."""
@@ -573,6 +592,7 @@ def test_non_finite_weights_are_never_checkpointed(synthetic_root, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_a_run_saved_without_fp16_resumes_under_an_enabled_grad_scaler(synthetic_root, tmp_path):
     """A bf16/fp32 run saves the disabled GradScaler's empty state; an enabled scaler (fp16, on
     CUDA) refuses an empty state, so resuming such a run with --train.amp=fp16 used to crash."""
