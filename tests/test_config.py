@@ -183,3 +183,17 @@ def test_an_override_without_its_leading_dashes_is_refused_with_one_line(capsys)
     err = capsys.readouterr().err
     assert err == "run.py: error: override 'train.epochs=1': expected --section.key=value with the leading '--', " \
                   "e.g. --train.epochs=1\n"
+
+
+@pytest.mark.parametrize("command", [["run.py", "--help"],
+                                     pytest.param(["benchmarks/throughput.py", "--help"], marks=pytest.mark.slow),
+                                     pytest.param(["-m", "fastcifar", "train", "resnet20", "--help"],
+                                                  marks=pytest.mark.slow)])
+def test_help_into_a_closed_pipe_ends_quietly(command):
+    """`run.py --help | head`: the reader goes first; no BrokenPipeError traceback, status 0."""
+    import os
+    proc = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.close()  # before the help is printed: every write to it fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err
