@@ -40,14 +40,14 @@ def assert_figure(fig: dict, batch: int, warmup: int, counts: dict | None = None
     assert len(rate["values"]) == 2 and all(positive(v) for v in rate["values"])
     assert rate["min"] <= rate["median"] <= rate["max"]
     assert positive(fig["first_step_seconds"]) and positive(fig["warmup_seconds"])
-    assert fig["peak_memory_bytes"] is None  # CPU
+    assert "peak_memory_bytes" not in fig  # CPU: no CUDA fields
     assert (fig["batch_size"], fig["steps"], fig["warmup"], fig["repeats"]) == (batch, 2, warmup, 2)
     assert ("tflops" in fig) == (counts is not None)
     if counts is not None:
         assert fig["tflops"]["median"] == pytest.approx(rate["median"] * 6 * counts["macs_per_image"] / 1e12)
         moved = rate["median"] * flops.bytes_per_image(counts, batch, 4)  # fp32 on the CPU
         assert fig["bytes_per_s"]["median"] == pytest.approx(moved)
-        assert fig["bandwidth_fraction"] is None  # no known peak for a CPU
+        assert "bandwidth_fraction" not in fig  # no known peak for a CPU
 
 
 # ---- throughput ------------------------------------------------------------------------------------
@@ -59,14 +59,21 @@ def test_throughput_smoke_writes_every_figure(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["kind"] == "throughput" and data["complete"] is True
-    for key in ("date", "command", "git", "torch", "torchvision", "dali", "cuda", "driver", "gpu", "cpu_count"):
+    for key in ("date", "command", "git", "torch", "torchvision", "dali", "cpu", "cpu_count"):
         assert key in data["environment"], key
+    assert not {"cuda", "cudnn", "driver", "gpu", "gpus", "gpu_count"} & set(data["environment"])  # a CPU run
     assert "benchmarks/throughput.py" in data["environment"]["command"] or "throughput" in data["environment"]["command"]
     host = socket.gethostname()
     assert len(host) <= 3 or host not in out.read_text(), "the results must not name the machine"
     s = data["settings"]
-    assert (s["device"], s["batch_sizes"], s["loaders"], s["peak_bandwidth"]) == ("cpu", [32, 64], ["torchvision"], None)
+    assert (s["device"], s["batch_sizes"], s["loaders"], s["workers"]) == ("cpu", [32, 64], ["torchvision"], 0)
+    assert "peak_bandwidth" not in s and "cuda_graph" not in s["config"]
     assert s["config"]["compile"] is False and "--train.compile=false" in s["overrides"]
+    # printed: GFLOP/s on a CPU (TFLOP/s would read 0.0), and no GPU-only columns
+    model_table, loader_table = tables(result.stdout)
+    assert "TFLOP/s" not in result.stdout and "peak GiB" not in model_table[0] and "CUDA graph" not in result.stdout
+    median = data["results"][0]["batches"][0]["model_alone"]["tflops"]["median"]
+    assert figures(model_table[0]["GFLOP/s"]) == [pytest.approx(1e3 * median, abs=0.05)]
 
     [r] = data["results"]
     counts = flops.count("resnet8")
@@ -91,6 +98,39 @@ def test_throughput_smoke_writes_every_figure(tmp_path):
     assert_figure(base["end_to_end"], 16, 128 // 16, counts)
     assert base["speedup_model_alone"] == pytest.approx(
         r["batches"][0]["model_alone"]["images_per_s"]["median"] / base["model_alone"]["images_per_s"]["median"])
+
+
+@pytest.mark.slow
+def test_throughput_writes_its_json_as_each_figure_is_done(tmp_path, monkeypatch):
+    """A run killed by a time limit keeps what it measured: the file is rewritten after every figure."""
+    out, snapshots = tmp_path / "tp.json", []
+    write = common.write_json
+
+    def spy(path, data):
+        snapshots.append(json.loads(json.dumps(data)))
+        return write(path, data)
+
+    monkeypatch.setattr(common, "write_json", spy)
+    argv = [*TINY_THROUGHPUT, "--synthetic-size", "64", "--batch-sizes", "32", "--loaders", "torchvision",
+            "--baseline-batch-size", "16", "--baseline-workers", "0", "--repeats", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["throughput.py", *argv])
+    assert throughput.main(argv) == 0
+
+    def done(snapshot):  # the figures measured so far, in order
+        r = snapshot["results"][0]
+        b = (r.get("batches") or [{}])[0]
+        loader = (b.get("loaders") or {}).get("torchvision") or {}
+        return [k for k, f in (("model alone", b.get("model_alone")), ("loader alone", loader.get("loader_alone")),
+                               ("end to end", loader.get("end_to_end")), ("seed-style", r.get("seed_style"))) if f]
+
+    seen = [done(snap) for snap in snapshots]
+    assert seen[:4] == [["model alone"], ["model alone", "loader alone"],
+                        ["model alone", "loader alone", "end to end"],
+                        ["model alone", "loader alone", "end to end", "seed-style"]], seen
+    assert [snap["complete"] for snap in snapshots] == [False] * (len(snapshots) - 1) + [True]
+    for snap in snapshots:  # a partial file still renders
+        assert "incomplete run" in report.throughput_markdown(snap) or snap["complete"]
+    assert json.loads(out.read_text()) == snapshots[-1]
 
 
 def fig(median: float) -> dict:

@@ -42,8 +42,14 @@ def rate(fig) -> str:
     return f"{num(r['median'])} ({num(r['min'])}–{num(r['max'])})"
 
 
-def tflops(fig) -> str:
-    return num(fig["tflops"]["median"], 1) if fig and fig.get("tflops") else DASH
+def flops_unit(result: dict) -> tuple[str, float]:
+    """TFLOP/s on a GPU; GFLOP/s on a CPU, where TFLOP/s would read 0.0."""
+    s = result["settings"]
+    return ("GFLOP/s", 1e3) if s.get("device", s.get("device_name")) == "cpu" else ("TFLOP/s", 1.0)
+
+
+def tflops(fig, scale: float = 1.0) -> str:
+    return num(fig["tflops"]["median"] * scale, 1) if fig and fig.get("tflops") else DASH
 
 
 def header(result: dict) -> str:
@@ -69,39 +75,48 @@ def throughput_markdown(result: dict) -> str:
     s = result["settings"]
     cfg, bw = s.get("config", s), s.get("peak_bandwidth")  # schema 1: the config in the settings
     on = {k: "on" if cfg.get(k) in (True, "true") else "off" for k in ("compile", "channels_last", "cuda_graph")}
+    unit, scale = flops_unit(result)
+    gpu = unit == "TFLOP/s"  # a CPU result has no bandwidth, memory or CUDA graph to show
     model_rows, loader_rows = [], []
     for r in result["results"]:
         base, bs = r.get("seed_style"), batches(result, r)
-        for b in bs:
-            m, c = b["model_alone"], b["model_alone"].get("compile_seconds")
+        for b in bs:  # a run still going (or killed) has figures still None
+            m = b.get("model_alone") or {}
+            c = m.get("compile_seconds")
             estimate = num(m.get("compile_seconds_estimate"), 1, " (estimate)")  # schema 1
             compile_ = f"{c['cold']:.1f} / {c['warm']:.1f}" if c else estimate
             model_rows.append([r["depth"], b["batch_size"], num(r["params"]), f"{r['macs_per_image'] / 1e6:,.1f} M",
-                               rate(m), tflops(m), num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
-                               num(m.get("bandwidth_fraction") and 100 * m["bandwidth_fraction"], 0, "%"), compile_,
-                               num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, 2)])
+                               rate(m), tflops(m, scale), num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
+                               *([num(m.get("bandwidth_fraction") and 100 * m["bandwidth_fraction"], 0, "%")] if gpu
+                                 else []), compile_,
+                               *([num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, 2)] if gpu else [])])
             for name, e in b["loaders"].items():
                 speed = (base or {}).get("speedup_end_to_end", {}).get(name) if b is bs[0] else None
                 rel = num(e.get("ratio_end_to_end_to_model"), 2, " (suspect)" if e.get("suspect") else "")
-                loader_rows.append([r["depth"], b["batch_size"], name, rate(e["loader_alone"]) if not e.get("error")
-                                    else f"unavailable: {e['error']}"[:90], rate(e["end_to_end"]), rel,
-                                    tflops(e["end_to_end"]), num(speed, 1, "x")])
+                loader_rows.append([r["depth"], b["batch_size"], name, rate(e.get("loader_alone"))
+                                    if not e.get("error") else f"unavailable: {e['error']}"[:90],
+                                    rate(e.get("end_to_end")), rel, tflops(e.get("end_to_end"), scale),
+                                    num(speed, 1, "x")])
         if base:
             st, e2e = base["setting"], base["end_to_end"]
             loader_rows.append([r["depth"], st["batch_size"], f"seed-style (torchvision, {st['workers']} workers, "
                                 f"fp32, NCHW, eager; model alone {rate(base['model_alone'])})", DASH, rate(e2e),
-                                num(base.get("ratio_end_to_end_to_model"), 2), tflops(e2e), "1.0x"])
+                                num(base.get("ratio_end_to_end_to_model"), 2), tflops(e2e, scale), "1.0x"])
+    workers = f"{s['workers']} torchvision workers, " if "workers" in s else ""
+    settings = (f"amp {cfg['amp']}, compile {on['compile']}, channels_last {on['channels_last']}, " +
+                (f"CUDA graph {on['cuda_graph']}, " if gpu else "") + f"{workers}{s['data']} data")
+    bandwidth = (f", against a peak bandwidth of {num(bw and bw / 1e12, 2, ' TB/s') if bw else 'unknown'}"
+                 if gpu else "")
     return "\n".join([
-        header(result), "", f"amp {cfg['amp']}, compile {on['compile']}, channels_last {on['channels_last']}, CUDA "
-        f"graph {on['cuda_graph']}, {s['workers']} torchvision workers, {s['data']} data; median (min–max) images/s "
+        header(result), "", f"{settings}; median (min–max) images/s "
         f"over {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up steps (loader-fed: at least an epoch). "
-        "TFLOP/s counts 3x the forward FLOPs; MB/image is an estimate (see the JSON's bytes_convention), against a "
-        f"peak bandwidth of {num(bw and bw / 1e12, 2, ' TB/s') if bw else 'unknown'}. Compile: first step minus a "
-        "typical one, cold / warm inductor cache; empty when off.", "",
-        common.markdown_table(["depth", "batch", "params", "MACs/image", "model alone (img/s)", "TFLOP/s",
-                               "MB/image (est.)", "of peak bandwidth", "compile (s)", "peak GiB"], model_rows), "",
+        f"{unit} counts 3x the forward FLOPs; MB/image is an estimate (see the JSON's bytes_convention){bandwidth}. "
+        "Compile: first step minus a typical one, cold / warm inductor cache; empty when off.", "",
+        common.markdown_table(["depth", "batch", "params", "MACs/image", "model alone (img/s)", unit, "MB/image (est.)",
+                               *(["of peak bandwidth"] if gpu else []), "compile (s)", *(["peak GiB"] if gpu else [])],
+                              model_rows), "",
         common.markdown_table(["depth", "batch", "loader", "loader alone (img/s)", "end to end (img/s)",
-                               "end to end / model alone", "TFLOP/s", "vs seed-style"], loader_rows)])
+                               "end to end / model alone", unit, "vs seed-style"], loader_rows)])
 
 
 def throughput_plot(result: dict, path: Path) -> Path:
