@@ -489,6 +489,29 @@ def test_report_tables_plots_and_readme(tmp_path):
     assert readme.read_text() == text  # a second run changes nothing
 
 
+def test_throughput_plot_bars_read_as_ratios_and_mark_suspect_figures():
+    fig = report.throughput_figure(fake_throughput())
+    assert len(fig.axes) == 2  # one panel per depth and batch
+    for ax, speed in zip(fig.axes, (40000.0, 16000.0)):
+        assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0  # heights in the ratio of the figures
+        heights = [patch.get_height() for patch in ax.patches]
+        assert heights == pytest.approx([speed, speed / 2, speed * 3.66])  # model, torchvision, torch-gpu; no dali
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["model alone", "torchvision\nend to end",
+                                                                "torch-gpu\nend to end"]
+        assert [patch.get_hatch() for patch in ax.patches] == [None, None, "//"]
+        assert [t.get_text() for t in ax.texts] == ["0.50x", "3.66x\nSUSPECT"]
+
+
+def test_report_marks_a_recorded_command_that_todays_script_rejects():
+    old = fake_throughput()
+    old["environment"]["command"] = "python3 benchmarks/throughput.py --depths 20 --batch-size 1024 --workers 16"
+    text = report.throughput_markdown(old)
+    assert "today's throughput.py rejects it: unrecognized argument '--batch-size'" in text
+    current = fake_throughput()
+    current["environment"]["command"] = "python benchmarks/throughput.py --depths 20 --batch-sizes 1024 --loader.workers=16"
+    assert "rejects" not in report.throughput_markdown(current)
+
+
 def test_report_without_results_says_not_measured(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README)
@@ -517,7 +540,16 @@ def test_report_draws_training_curves(tmp_path):
             lines += [{"step": 2 * epoch - 1, "epoch": epoch - 0.5, "loss": 2.0 / epoch, "lr": lr, "images_per_s": 9.0},
                       {"epoch": epoch, "train_loss": 2.0 / epoch, "lr": lr, "top1": 30.0 * epoch if epoch != 2 else None}]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        if name == "a":  # a run directory names its model in config.yaml; b has none: its folder's name
+            (run / "config.yaml").write_text("model:\n  name: resnet8\n")
         runs.append(run)
+    fig = report.curves_figure(runs)
+    for ax in fig.axes:  # every panel names the runs' models
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["resnet8 (a)", "b"]
+    loss, lr, top1 = fig.axes
+    assert [list(line.get_xydata()[:, 1]) for line in loss.get_lines()] == [[2.0, 1.0, 2.0 / 3]] * 2
+    assert [list(line.get_xydata()[:, 1]) for line in lr.get_lines()] == [[0.1] * 3, [0.2] * 3]
+    assert [line.get_xydata().tolist() for line in top1.get_lines()] == [[[1, 30.0], [3, 90.0]]] * 2  # epoch 2 unevaluated
     png = tmp_path / "curves.png"
     assert report.main(["--runs", *map(str, runs), "--curves", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

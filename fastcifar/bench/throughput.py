@@ -17,11 +17,11 @@ from fastcifar import pipelines
 from fastcifar.bench import common, report
 from fastcifar.bench.common import log
 from fastcifar import flops
-from fastcifar.config import LoaderName, choices, load
+from fastcifar.config import load
 from fastcifar.data import load_cifar
 from fastcifar.distributed import resolve_device
 from fastcifar.errors import FastcifarError
-from fastcifar.models import PAPER_DEPTHS, build_model
+from fastcifar.models import build_model
 from fastcifar.synthetic import synthetic_split
 from fastcifar.threads import loader_threads
 from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
@@ -40,17 +40,7 @@ TIMING = ("first step timed apart, then `warmup` untimed steps (loader-fed: at l
 
 
 def parse_args(argv):
-    p = common.parser("throughput.py", __doc__)
-    common.add_run_options(p, ("synthetic", "cifar10"), PAPER_DEPTHS)
-    p.add_argument("--loaders", nargs="+", default=list(choices(LoaderName)), choices=choices(LoaderName))
-    p.add_argument("--batch-sizes", type=common.positive_int, nargs="+", default=[512])
-    p.add_argument("--steps", type=common.positive_int, default=50, help="timed steps per repeat")
-    p.add_argument("--warmup", type=common.non_negative_int, default=10, help="untimed steps after the first")
-    p.add_argument("--repeats", type=common.positive_int, default=5, help="timings per figure")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
-    p.add_argument("--baseline-batch-size", type=common.positive_int, default=128)
-    p.add_argument("--baseline-workers", type=common.non_negative_int, default=4)
+    p = common.throughput_parser(__doc__)
     args = common.parse_with_overrides(p, argv)
     too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
     if args.data == "synthetic" and too_big:
