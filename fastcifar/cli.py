@@ -30,7 +30,7 @@ is signalled whatever its workers did, that file is the test.
 Keys, with their values (a CONFIG's, after overrides, else the built-in defaults):
 """
 
-BENCHES = ("throughput", "time_to_accuracy", "reproduce", "report", "export_weights")
+BENCHES = ("throughput", "time_to_accuracy", "reproduce", "report", "export_weights", "cpu_side_by_side")
 
 
 def train(argv: list[str], prog: str = "fastcifar train") -> int:

@@ -564,3 +564,37 @@ def test_environment_names_the_cpu_and_the_cpus_usable():
     assert env["cpu_count_usable"] >= 1
     if os.path.isfile("/proc/cpuinfo"):
         assert env["cpu"]
+
+
+# ---- CPU side by side ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cpu_side_by_side_measures_run_py_against_the_baseline(tmp_path):
+    out = tmp_path / "sbs.json"
+    result = run_module("cpu_side_by_side", "--depth", "8", "--images", "64", "--batch-size", "32",
+                        "--baseline-steps", "2", "--repeats", "1", "--conditions", "idle", "--loaders", "torchvision",
+                        "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["kind"] == "cpu_side_by_side" and data["complete"] is True
+    assert "cpu_side_by_side" in data["environment"]["command"] and data["environment"]["cpu_count_usable"] >= 1
+    idle = data["figures"]["idle"]
+    assert set(idle) == {"baseline", "run.py torchvision"} and "busy" not in data["figures"]
+    for fig in idle.values():
+        assert fig["errors"] == [] and len(fig["values"]) == 1 and positive(fig["median"])
+        assert fig["min"] == fig["median"] == fig["max"]
+    [sample] = data["samples"]["idle"]["run.py torchvision"]
+    assert "torch threads" in sample["start_line"] and sample["torch_threads"] >= 1
+    ratio = idle["run.py torchvision"]["median"] / idle["baseline"]["median"]
+    assert data["verdicts"]["idle/run.py torchvision"] == {"ratio_to_baseline": pytest.approx(ratio),
+                                                         "at_least_baseline": ratio >= 1.0}
+    assert f"idle/run.py torchvision: {ratio:.2f}x the seed-style baseline" in result.stdout
+
+
+def test_competing_process_runs_only_while_busy():
+    from fastcifar.bench import cpu_side_by_side
+
+    with cpu_side_by_side.competing_process(False) as none:
+        assert none is None
+    with cpu_side_by_side.competing_process(True) as proc:
+        assert proc.poll() is None  # spinning
+    assert proc.poll() is not None  # gone after the figure

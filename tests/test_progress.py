@@ -113,6 +113,7 @@ def test_bar_on_a_terminal_counts_the_whole_run_and_shows_the_epoch_average(synt
 
 def test_threads_sized_to_this_process_share_of_the_usable_cpus(monkeypatch, synthetic_root, tmp_path):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 0)  # an idle machine (below: a busy one)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     cfg = tiny_config(synthetic_root, tmp_path, loader__workers=16)
@@ -125,3 +126,31 @@ def test_threads_sized_to_this_process_share_of_the_usable_cpus(monkeypatch, syn
     pinned = tiny_config(synthetic_root, tmp_path, train__threads=3, loader__workers=1)
     assert threads.torch_threads(pinned.train) == threads.TorchThreads(3, "train.threads")
     assert threads.loader_threads(pinned.loader) == 1
+
+
+def test_threads_leave_the_cpus_other_processes_keep_busy(monkeypatch, synthetic_root, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 1)  # one competing CPU-bound process on 2 cores
+    cfg = tiny_config(synthetic_root, tmp_path)
+    assert threads.torch_threads(cfg.train) == threads.TorchThreads(1, "2 usable CPUs, 1 busy with other work")
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 5)  # never below one thread
+    assert threads.torch_threads(cfg.train).count == 1
+    # deterministic runs do not look: their thread count must not depend on the machine's load
+    exact = tiny_config(synthetic_root, tmp_path, train__deterministic=True)
+    assert threads.torch_threads(exact.train) == threads.TorchThreads(2, "2 usable CPUs")
+
+
+def test_busy_cpus_reads_the_runnable_tasks_besides_this_one(monkeypatch):
+    from pathlib import Path
+
+    readings = iter(["0.50 0.40 0.30 3/200 1234\n", "0.50 0.40 0.30 2/200 1234\n", "0.50 0.40 0.30 4/200 1234\n"])
+    monkeypatch.setattr(Path, "read_text", lambda self: next(readings))
+    assert threads.busy_cpus(samples=3, interval=0) == 1  # the fewest: 2 runnable, one of them this process
+
+    def missing(self):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(Path, "read_text", missing)
+    assert threads.busy_cpus(samples=3, interval=0) == 0

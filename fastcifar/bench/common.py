@@ -88,6 +88,7 @@ def throughput_parser(doc: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
     p.add_argument("--baseline-batch-size", type=positive_int, default=128)
     p.add_argument("--baseline-workers", type=non_negative_int, default=4)
+    p.add_argument("--baseline-only", action="store_true", help="only the seed-style baseline (cpu_side_by_side.py)")
     return p
 
 

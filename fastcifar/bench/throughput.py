@@ -42,6 +42,8 @@ TIMING = ("first step timed apart, then `warmup` untimed steps (loader-fed: at l
 def parse_args(argv):
     p = common.throughput_parser(__doc__)
     args = common.parse_with_overrides(p, argv)
+    if args.baseline_only and args.no_baseline:
+        p.error("--baseline-only and --no-baseline exclude each other")
     too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
     if args.data == "synthetic" and too_big:
         p.error(f"batch {too_big[0]} is larger than --synthetic-size {args.synthetic_size}")
@@ -207,7 +209,7 @@ def bench_depth(args, depth: int, result: dict) -> dict:
 
     counts = flops.count(f"resnet{depth}")
     result.update({"depth": depth, "model": f"resnet{depth}", **counts, "batches": [], "seed_style": None})
-    for batch in args.batch_sizes:
+    for batch in [] if args.baseline_only else args.batch_sizes:
         entry = {"batch_size": batch, "model_alone": None, "loaders": {}, "bytes_per_image": None}
         result["batches"].append(entry)
         with fresh_inductor_cache():  # each (depth, batch) starts cold
@@ -228,7 +230,7 @@ def bench_depth(args, depth: int, result: dict) -> dict:
     step, model = model_alone(args, cfg, counts)
     e2e = bench_loader(args, cfg, step, counts, alone=False)
     base = flag({"setting": args.baseline, "model_alone": model, "end_to_end": e2e["end_to_end"] or e2e}, model)
-    first = result["batches"][0]
+    first = result["batches"][0] if result["batches"] else {"model_alone": None, "loaders": {}}
     base["speedup_model_alone"] = ratio(first["model_alone"], model)
     base["speedup_end_to_end"] = {n: ratio(e["end_to_end"], base["end_to_end"])
                                   for n, e in first["loaders"].items()}
