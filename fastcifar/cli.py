@@ -2,7 +2,7 @@
 
     fastcifar train resnet56 [--section.key=value ...] [--resume]
     fastcifar evaluate --model cifar10_resnet56 --pretrained --data.root DIR
-    fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights [...]
+    fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights|cpu_side_by_side [...]
     fastcifar recipes
 
 `python run.py CONFIG` in a clone is `fastcifar train CONFIG`.

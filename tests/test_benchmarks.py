@@ -440,6 +440,9 @@ old text
 <!-- BEGIN GENERATED: paper -->
 <!-- END GENERATED: paper -->
 
+<!-- BEGIN GENERATED: cpu_side_by_side -->
+<!-- END GENERATED: cpu_side_by_side -->
+
 outro
 """
 
@@ -518,7 +521,7 @@ def test_report_without_results_says_not_measured(tmp_path):
     (tmp_path / "none").mkdir()
     argv = ["--results-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]
     assert report.main(argv) == 0
-    assert readme.read_text().count("Not measured yet.") == 2 and "old text" not in readme.read_text()
+    assert readme.read_text().count("Not measured yet.") == 3 and "old text" not in readme.read_text()
 
 
 def test_report_refuses_a_readme_without_markers(tmp_path, capsys):
@@ -588,6 +591,10 @@ def test_cpu_side_by_side_measures_run_py_against_the_baseline(tmp_path):
     assert data["verdicts"]["idle/run.py torchvision"] == {"ratio_to_baseline": pytest.approx(ratio),
                                                          "at_least_baseline": ratio >= 1.0}
     assert f"idle/run.py torchvision: {ratio:.2f}x the seed-style baseline" in result.stdout
+    [row] = tables(report.cpu_side_by_side_markdown(data))[0]  # the README's table
+    assert figures(row["seed-style baseline (img/s)"]) == pytest.approx([idle["baseline"]["median"]] * 3, abs=0.5)
+    assert figures(row["vs baseline"]) == [pytest.approx(ratio, abs=0.005)]
+    assert figures(row["torch threads"]) == [sample["torch_threads"]]
 
 
 def test_competing_process_runs_only_while_busy():

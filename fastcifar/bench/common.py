@@ -131,9 +131,14 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def result(kind: str, schema_version: int, **fields) -> dict:
-    """A result file's head: its kind, schema and what the figures depend on (fastcifar.environment)."""
-    return {"kind": kind, "schema_version": schema_version, **fields, "environment": environment()}
+CUDA_ENVIRONMENT = ("cuda", "cudnn", "driver", "gpu", "gpu_count", "gpus")  # left out of a CPU result
+
+
+def result(kind: str, schema_version: int, cpu: bool = False, **fields) -> dict:
+    """A result file's head: its kind, schema and what the figures depend on (fastcifar.environment);
+    for figures measured on a CPU, without the CUDA fields."""
+    env = {k: v for k, v in environment().items() if not (cpu and k in CUDA_ENVIRONMENT)}
+    return {"kind": kind, "schema_version": schema_version, **fields, "environment": env}
 
 
 def write_json(path: Path | str, data: dict) -> Path:

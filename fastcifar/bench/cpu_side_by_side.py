@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     figures = {c: {"baseline": None, **{f"run.py {n}": None for n in args.loaders}} for c in args.conditions}
     samples = {c: {k: [] for k in by} for c, by in figures.items()}
-    out = common.result("cpu_side_by_side", SCHEMA_VERSION, complete=False, settings={
+    out = common.result("cpu_side_by_side", SCHEMA_VERSION, cpu=True, complete=False, settings={
         k: getattr(args, k) for k in ("recipe", "depth", "batch_size", "loaders", "conditions", "images",
                                       "baseline_steps", "baseline_workers", "repeats", "overrides")},
         method=__doc__.split("\n\n")[1].replace("\n", " "), figures=figures, samples=samples, verdicts={})

@@ -18,7 +18,8 @@ from fastcifar.files import write_text_atomic
 
 # result kind -> (README marker, report.md title)
 SECTIONS = {"throughput": ("throughput", "Throughput"), "time_to_accuracy": ("time_to_accuracy", "Time to accuracy"),
-            "paper_run": ("paper", "Reproducing the paper's table")}
+            "paper_run": ("paper", "Reproducing the paper's table"),
+            "cpu_side_by_side": ("cpu_side_by_side", "run.py against the seed-style baseline on a CPU")}
 DASH = "—"
 # CIFAR-10 test top-1 (%) of akamaster/pytorch_resnet_cifar10's best epochs; this project's finals aim at them.
 AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
@@ -220,6 +221,37 @@ def time_to_accuracy_markdown(result: dict, path: Path | None = None) -> str:
                            "compile", "paper top-1", "time to paper top-1"], rows)])
 
 
+# ---- run.py against the baseline on a CPU ---------------------------------------------------------
+def cpu_side_by_side_markdown(result: dict, path: Path | None = None) -> str:
+    s, rows = result["settings"], []
+
+    def cell(fig: dict | None) -> str:
+        if not fig or fig.get("median") is None:
+            return f"error: {fig['errors'][0]}"[:90] if fig and fig.get("errors") else DASH
+        return f"{num(fig['median'])} ({num(fig['min'])}–{num(fig['max'])})"
+
+    for condition, by in result["figures"].items():
+        row = [condition if condition == "idle" else "one competing CPU-bound process", cell(by.get("baseline"))]
+        for name in s["loaders"]:
+            verdict = result.get("verdicts", {}).get(f"{condition}/run.py {name}") or {}
+            ratio = verdict.get("ratio_to_baseline")
+            threads = sorted({x.get("torch_threads") for x in result["samples"][condition][f"run.py {name}"]
+                              if x.get("torch_threads")})
+            row += [cell(by.get(f"run.py {name}")), DASH if ratio is None else
+                    f"{ratio:.2f}x" + ("" if ratio >= 1 else " (below the baseline)"),
+                    ", ".join(map(str, threads)) or DASH]
+        rows.append(row)
+    headers = ["machine", "seed-style baseline (img/s)"]
+    for name in s["loaders"]:
+        headers += [f"run.py, {name} (img/s)", "vs baseline", "torch threads"]
+    return "\n".join([header(result, path), "", f"ResNet-{s['depth']}, batch {s['batch_size']}, {s['images']:,} synthetic "
+                      f"training images; median (min–max) of {s['repeats']} interleaved repeats, each a fresh process. "
+                      f"run.py: the images/s of its one epoch, first step included; baseline: throughput.py's "
+                      f"seed-style end to end (torchvision, {s['baseline_workers']} workers, fp32, NCHW, eager) over "
+                      f"{s['baseline_steps']} steps after an epoch of warm-up.", "",
+                      common.markdown_table(headers, rows)])
+
+
 # ---- the paper's table -----------------------------------------------------------------------------
 def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
     """CIFAR-10 runs by depth, one per (depth, seed): the latest when a seed was run again."""
@@ -324,7 +356,9 @@ def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
 def section(kind: str, results: list, plots: dict, link_from: Path) -> str:
     if kind == "paper_run":
         return paper_markdown([data for _path, data in results])
-    parts = [(throughput_markdown if kind == "throughput" else time_to_accuracy_markdown)(data, path) + (
+    markdown = {"throughput": throughput_markdown, "time_to_accuracy": time_to_accuracy_markdown,
+                "cpu_side_by_side": cpu_side_by_side_markdown}[kind]
+    parts = [markdown(data, path) + (
         f"\n\n![{kind.replace('_', ' ')}: {path.stem}]({Path(os.path.relpath(plots[path], link_from)).as_posix()})"
         if path in plots else "") for path, data in results]
     return "\n\n".join(parts) or "Not measured yet."

@@ -31,7 +31,6 @@ from fastcifar.training.prefetch import prefetch
 SCHEMA_VERSION = 2
 BASE_CONFIG = common.REPO / "configs" / "resnet20.yml"  # lists every key; model and loader are set per figure
 SUSPECT_RATIO = 1.1  # end to end can at best equal the model alone; beyond noise, a figure is wrong
-CUDA_ENVIRONMENT = ("cuda", "cudnn", "driver", "gpu", "gpu_count", "gpus")  # left out of a CPU result
 SEED_STYLE = {"amp": "none", "compile": False, "channels_last": False, "cuda_graph": False}
 TIMING = ("first step timed apart, then `warmup` untimed steps (loader-fed: at least an epoch), then `repeats` "
           "timings of `steps` steps between two device syncs (time.perf_counter); images_per_s: median, min, max "
@@ -252,15 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     cuda, torchvision = args.device.type == "cuda", "torchvision" in args.loaders
     if not cuda:
         config.pop("cuda_graph")
-    out = common.result("throughput", SCHEMA_VERSION, complete=False, settings={
+    out = common.result("throughput", SCHEMA_VERSION, cpu=not cuda, complete=False, settings={
         **settings, "device": args.device.type, "device_name": name,
         **({"peak_bandwidth": args.peak} if cuda else {}),  # only the fields that apply here
         "config": {"amp": str(rt.amp_dtype or "none").removeprefix("torch."), **config},
         **({"workers": loader_threads(args.fast.loader)} if torchvision else {}),
         "data_size": len(args.split), "seed_style": args.baseline},
         timing=TIMING, flops_convention=flops.FLOPS_CONVENTION, bytes_convention=flops.BYTES_CONVENTION, results=[])
-    if not cuda:
-        out["environment"] = {k: v for k, v in out["environment"].items() if k not in CUDA_ENVIRONMENT}
     args.save = lambda: common.write_json(args.out, out)  # after every figure: a killed run keeps what it measured
     for depth in args.depths:
         log(f"resnet{depth}:")
