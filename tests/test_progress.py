@@ -40,7 +40,8 @@ def shown_run(synthetic_root, tmp_path_factory):
 
 
 def test_start_line_names_device_world_loader_precision_compile_threads_and_run_dir(shown_run):
-    first = shown_run["stdout"].splitlines()[0]
+    first = shown_run["stderr"].splitlines()[0]
+    assert "torch threads" not in shown_run["stdout"]  # stdout holds the epochs' results only
     for part in ("resnet8: device cpu", "world size 1", "loader torchvision (in-process)", "fp32", "compile off",
                  "1 torch threads (train.threads)", f"run dir {shown_run['run_dir']}"):
         assert part in first, (part, first)

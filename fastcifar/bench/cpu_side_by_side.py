@@ -82,7 +82,7 @@ def run_py(args, loader: str, data_root: Path, run_dir: Path) -> dict:
              if '"train_loss"' in line][-1]
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"images_per_s": epoch["images_per_s"], "torch_threads": summary.get("torch_threads"),
-            "start_line": done.stdout.splitlines()[0]}
+            "start_line": done.stderr.splitlines()[0]}
 
 
 def baseline(args, work: Path) -> dict:

@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -98,9 +99,9 @@ class Trainer:
         self.first_step_seconds = None  # of this process: compile time shows here
         self._prepare_run_dir()
         self.progress = Progress(cfg, len(self.train_loader), self.main and cfg.train.progress)
-        if self.main:
+        if self.main:  # on stderr, with the bar and the log lines: stdout keeps the epochs' results
             print(start_line(cfg, self.runtime, self.dist.device, self.dist.world_size, self.threads,
-                             loader_threads(cfg.loader)), flush=True)
+                             loader_threads(cfg.loader)), file=sys.stderr, flush=True)
         self.setup_seconds = time.perf_counter() - start  # data, model, run dir, a resume's checkpoint
 
     # ---- setup -------------------------------------------------------------------------------
