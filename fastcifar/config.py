@@ -123,7 +123,7 @@ class TrainConfig:
     resume: bool = _key(False, "continue run_dir from its latest checkpoint (run.py --resume)")
     progress: bool = _key(True, "rank 0: a progress bar on a terminal, else a line every log_every steps")
     threads: int = _key(0, "torch's intra-op CPU threads; 0: OMP_NUM_THREADS when set, else this process's "
-                           "share of the usable CPUs")
+                           "share of the usable CPUs, less those other processes keep busy at the start")
     tensorboard: bool = _key(False, "also write TensorBoard scalars to run_dir/tensorboard (rank 0; "
                                     "pip install tensorboard)")
 
