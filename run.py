@@ -6,7 +6,7 @@ The same as `fastcifar train CONFIG ...` (fastcifar/cli.py).
 
 import sys
 
-from fastcifar.cli import train
+from fastcifar.cli import pipe_safe, train
 
 if __name__ == "__main__":
-    sys.exit(train(sys.argv[1:], prog="run.py"))
+    sys.exit(pipe_safe(train, sys.argv[1:], "run.py"))

@@ -2,7 +2,8 @@
 
 import sys
 
+from fastcifar.cli import pipe_safe
 from fastcifar.bench.report import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(pipe_safe(main))

@@ -2,7 +2,7 @@
 
     fastcifar train resnet56 [--section.key=value ...] [--resume]
     fastcifar evaluate --model cifar10_resnet56 --pretrained --data.root DIR
-    fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights [...]
+    fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights|cpu_side_by_side [...]
     fastcifar recipes
 
 `python run.py CONFIG` in a clone is `fastcifar train CONFIG`.
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 TRAIN_USAGE = """usage: {prog} CONFIG [--section.key=value ...] [--resume]
@@ -29,7 +30,7 @@ is signalled whatever its workers did, that file is the test.
 Keys, with their values (a CONFIG's, after overrides, else the built-in defaults):
 """
 
-BENCHES = ("throughput", "time_to_accuracy", "reproduce", "report", "export_weights")
+BENCHES = ("throughput", "time_to_accuracy", "reproduce", "report", "export_weights", "cpu_side_by_side")
 
 
 def train(argv: list[str], prog: str = "fastcifar train") -> int:
@@ -75,8 +76,27 @@ def train(argv: list[str], prog: str = "fastcifar train") -> int:
     return 0
 
 
+def pipe_safe(command, *args) -> int:
+    """command(*args)'s exit status, and no BrokenPipeError traceback when stdout's reader has gone
+    (`fastcifar train --help | head`): stdout is flushed here, where that error can be caught, and
+    then pointed at /dev/null so that the interpreter's own flush at exit stays quiet."""
+    try:
+        try:
+            status = command(*args)
+        except SystemExit as e:  # argparse's --help and usage errors
+            status = e.code
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0  # the reader took what it wanted
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return pipe_safe(_dispatch, sys.argv[1:] if argv is None else argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     if command == "train":
         return train(rest)

@@ -65,7 +65,8 @@ class LoaderConfig:
     name: LoaderName = _key("torchvision", "the loader backend")
     device: Literal["auto", "gpu", "cpu"] = _key(
         "auto", "where a GPU-capable loader runs; auto follows train.device")
-    workers: int = _key(4, "CPU worker processes of the torchvision loader, at most the CPUs it may use")
+    workers: int = _key(4, "CPU worker processes (torchvision) or CPU threads (dali), at most this process's "
+                           "share of the usable CPUs")
     eval_batch_size: int = _key(1000, "global evaluation batch size")
     dtype: Literal["float32", "float16", "bfloat16"] = _key("float32", "dtype of the images handed to the model")
     dali_prefetch: int = _key(0, "dali: pipeline runs queued besides the next one, always scheduled ahead")
@@ -95,6 +96,9 @@ class ScheduleConfig:
     final_lr: float = _key(0.0, "cosine and onecycle: the learning rate at the end")
 
 
+RUN_DIR = "runs/{model.name}"  # follows an overridden model.name (--model.name=resnet32 -> runs/resnet32)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _key(200, "training epochs")
@@ -114,9 +118,14 @@ class TrainConfig:
     checkpoint_every: int = _key(10, "epochs between checkpoints; the last and a stopped epoch are always saved")
     keep_checkpoints: int = _key(0, "keep only the newest N checkpoints; 0 keeps all")
     log_every: int = _key(50, "steps between host syncs for logging")
-    run_dir: str = _key("runs/default", "where config, metrics, checkpoints and summary are written")
+    run_dir: str = _key(RUN_DIR, "where config, metrics, checkpoints and summary are written; {model.name} "
+                        "(any {section.key}) is replaced by that key's value")
     resume: bool = _key(False, "continue run_dir from its latest checkpoint (run.py --resume)")
-    progress: bool = _key(True, "tqdm progress bars on rank 0")
+    progress: bool = _key(True, "rank 0: a progress bar on a terminal, else a line every log_every steps")
+    threads: int = _key(0, "torch's intra-op CPU threads; 0: OMP_NUM_THREADS when set, else this process's "
+                           "share of the usable CPUs, less those other processes keep busy at the start")
+    tensorboard: bool = _key(False, "also write TensorBoard scalars to run_dir/tensorboard (rank 0; "
+                                    "pip install tensorboard)")
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,19 @@ def from_dict(tree: dict) -> Config:
             f"unknown config section '{unknown[0]}' (valid sections: {', '.join(sections)})"
         )
     built = {n: _build_section(n, cls, tree.get(n) or {}) for n, cls in sections.items()}
-    return Config(**built)
+    return resolve_run_dir(Config(**built))
+
+
+def resolve_run_dir(cfg: Config) -> Config:
+    """train.run_dir with its {section.key} placeholders filled in from cfg (the saved config.yaml
+    holds the resolved path, so a resume finds the same directory)."""
+    template = cfg.train.run_dir
+    try:
+        path = template.format(**{s.name: getattr(cfg, s.name) for s in dataclasses.fields(cfg)})
+    except (KeyError, AttributeError, IndexError, ValueError) as e:
+        raise ConfigError(f"train.run_dir: {template!r} has a placeholder that names no config key ({e}); "
+                          "use e.g. runs/{model.name}") from None
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=path))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -212,8 +233,12 @@ def to_dict(cfg: Config) -> dict:
 
 
 def parse_override(arg: str) -> tuple[str, str, object]:
-    """'--section.key=value' -> (section, key, value parsed as YAML)."""
-    body = arg[2:] if arg.startswith("--") else arg
+    """'--section.key=value' -> (section, key, value parsed as YAML). Without the leading '--' it is
+    refused, not taken silently: 'train.epochs=1' reads like a stray positional argument."""
+    if not arg.startswith("--"):
+        raise ConfigError(f"override {arg!r}: expected --section.key=value with the leading '--', "
+                          f"e.g. --{arg if '=' in arg else 'train.epochs=10'}")
+    body = arg[2:]
     if "=" not in body or "." not in body.split("=", 1)[0]:
         raise ConfigError(f"override {arg!r}: expected --section.key=value, e.g. --train.epochs=10")
     dotted, raw = body.split("=", 1)
@@ -322,6 +347,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(t.keep_checkpoints >= 0, "train.keep_checkpoints", "an integer >= 0 (0 keeps all)")
     need(t.log_every > 0, "train.log_every", "an integer > 0")
     need(t.run_dir != "", "train.run_dir", "a directory path")
+    need(t.threads >= 0, "train.threads", "an integer >= 0 (0: sized to the usable CPUs)")
 
 
 # What a run trains: resuming a run under other values would silently mix two recipes. The rest

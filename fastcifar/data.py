@@ -94,8 +94,10 @@ def _read_npz(path: Path, spec: CifarSpec) -> CifarSplit:
             images, labels = f["images"], f["labels"]
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        raise DataError(f"{path} is truncated or not a valid .npz file ({e})") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError):
+        # numpy's own text would advise loading it with allow_pickle: never, for a data file
+        raise DataError(f"{path} is truncated or not a valid .npz file (expected a numpy.savez archive of "
+                        "arrays 'images' and 'labels')") from None
     return _check(images, labels, spec.num_classes, path)
 
 
@@ -116,9 +118,19 @@ def _read_official(folder: Path, split: str, spec: CifarSpec) -> CifarSplit:
     return _check(np.concatenate(images), np.concatenate(labels), spec.num_classes, folder)
 
 
-def download_archive(root: Path, spec: CifarSpec, url: str | None = None) -> Path:
+def _remove_created(root: Path, created: list[Path]) -> None:
+    """The folders download_archive made, innermost first, where still empty: a failure leaves no trace."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone
+            break
+
+
+def download_archive(root: Path, spec: CifarSpec, url: str | None = None, dataset: str = "") -> Path:
     """Download into a .part file, check the published md5, then rename: never a partial archive."""
     url = url or URL_BASE + spec.archive
+    created = [p for p in (*reversed(root.parents), root) if not p.exists()]
     root.mkdir(parents=True, exist_ok=True)
     final, part = root / spec.archive, root / (spec.archive + ".part")
     try:
@@ -126,13 +138,17 @@ def download_archive(root: Path, spec: CifarSpec, url: str | None = None) -> Pat
             shutil.copyfileobj(response, out)
     except Exception as e:
         part.unlink(missing_ok=True)
+        _remove_created(root, created)
+        npz = root / (dataset or spec.name.lower().replace("-", "")) / "{train,test}.npz"
         raise DataError(
-            f"{spec.name} not found under {root} and the download failed: {e}; "
-            f"place {spec.archive} there (or its extracted {spec.folder}/)"
+            f"{spec.name} not found under {root} and the download failed: {e}; place {spec.archive} there, "
+            f"or its extracted {spec.folder}/, or {npz} (arrays 'images' uint8 [N,32,32,3] and 'labels'), "
+            "and pass --data.download=false"
         ) from None
     digest = file_digest(part, "md5")
     if digest != spec.md5:
         part.unlink(missing_ok=True)
+        _remove_created(root, created)
         raise DataError(f"downloaded {spec.archive} has md5 {digest}, expected {spec.md5}; it was deleted, try again")
     part.replace(final)
     return final
@@ -168,7 +184,7 @@ def load_cifar(dataset: str, root: str | Path, split: str, download: bool = Fals
                     f"{spec.name} not found under {root}: expected {npz}, {folder}/ or {archive} "
                     f"(or set data.download=true)"
                 )
-            archive = download_archive(root, spec)
+            archive = download_archive(root, spec, dataset=dataset)
         _extract(archive, root, spec)
     return _read_official(folder, split, spec)
 

@@ -40,14 +40,14 @@ def assert_figure(fig: dict, batch: int, warmup: int, counts: dict | None = None
     assert len(rate["values"]) == 2 and all(positive(v) for v in rate["values"])
     assert rate["min"] <= rate["median"] <= rate["max"]
     assert positive(fig["first_step_seconds"]) and positive(fig["warmup_seconds"])
-    assert fig["peak_memory_bytes"] is None  # CPU
+    assert "peak_memory_bytes" not in fig  # CPU: no CUDA fields
     assert (fig["batch_size"], fig["steps"], fig["warmup"], fig["repeats"]) == (batch, 2, warmup, 2)
     assert ("tflops" in fig) == (counts is not None)
     if counts is not None:
         assert fig["tflops"]["median"] == pytest.approx(rate["median"] * 6 * counts["macs_per_image"] / 1e12)
         moved = rate["median"] * flops.bytes_per_image(counts, batch, 4)  # fp32 on the CPU
         assert fig["bytes_per_s"]["median"] == pytest.approx(moved)
-        assert fig["bandwidth_fraction"] is None  # no known peak for a CPU
+        assert "bandwidth_fraction" not in fig  # no known peak for a CPU
 
 
 # ---- throughput ------------------------------------------------------------------------------------
@@ -60,14 +60,21 @@ def test_throughput_smoke_writes_every_figure(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["kind"] == "throughput" and data["complete"] is True
-    for key in ("date", "command", "git", "torch", "torchvision", "dali", "cuda", "driver", "gpu", "cpu_count"):
+    for key in ("date", "command", "git", "torch", "torchvision", "dali", "cpu", "cpu_count"):
         assert key in data["environment"], key
+    assert not {"cuda", "cudnn", "driver", "gpu", "gpus", "gpu_count"} & set(data["environment"])  # a CPU run
     assert "benchmarks/throughput.py" in data["environment"]["command"] or "throughput" in data["environment"]["command"]
     host = socket.gethostname()
     assert len(host) <= 3 or host not in out.read_text(), "the results must not name the machine"
     s = data["settings"]
-    assert (s["device"], s["batch_sizes"], s["loaders"], s["peak_bandwidth"]) == ("cpu", [32, 64], ["torchvision"], None)
+    assert (s["device"], s["batch_sizes"], s["loaders"], s["workers"]) == ("cpu", [32, 64], ["torchvision"], 0)
+    assert "peak_bandwidth" not in s and "cuda_graph" not in s["config"]
     assert s["config"]["compile"] is False and "--train.compile=false" in s["overrides"]
+    # printed: GFLOP/s on a CPU (TFLOP/s would read 0.0), and no GPU-only columns
+    model_table, loader_table = tables(result.stdout)
+    assert "TFLOP/s" not in result.stdout and "peak GiB" not in model_table[0] and "CUDA graph" not in result.stdout
+    median = data["results"][0]["batches"][0]["model_alone"]["tflops"]["median"]
+    assert figures(model_table[0]["GFLOP/s"]) == [pytest.approx(1e3 * median, abs=0.05)]
 
     [r] = data["results"]
     counts = flops.count("resnet8")
@@ -92,6 +99,39 @@ def test_throughput_smoke_writes_every_figure(tmp_path):
     assert_figure(base["end_to_end"], 16, 128 // 16, counts)
     assert base["speedup_model_alone"] == pytest.approx(
         r["batches"][0]["model_alone"]["images_per_s"]["median"] / base["model_alone"]["images_per_s"]["median"])
+
+
+@pytest.mark.slow
+def test_throughput_writes_its_json_as_each_figure_is_done(tmp_path, monkeypatch):
+    """A run killed by a time limit keeps what it measured: the file is rewritten after every figure."""
+    out, snapshots = tmp_path / "tp.json", []
+    write = common.write_json
+
+    def spy(path, data):
+        snapshots.append(json.loads(json.dumps(data)))
+        return write(path, data)
+
+    monkeypatch.setattr(common, "write_json", spy)
+    argv = [*TINY_THROUGHPUT, "--synthetic-size", "64", "--batch-sizes", "32", "--loaders", "torchvision",
+            "--baseline-batch-size", "16", "--baseline-workers", "0", "--repeats", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["throughput.py", *argv])
+    assert throughput.main(argv) == 0
+
+    def done(snapshot):  # the figures measured so far, in order
+        r = snapshot["results"][0]
+        b = (r.get("batches") or [{}])[0]
+        loader = (b.get("loaders") or {}).get("torchvision") or {}
+        return [k for k, f in (("model alone", b.get("model_alone")), ("loader alone", loader.get("loader_alone")),
+                               ("end to end", loader.get("end_to_end")), ("seed-style", r.get("seed_style"))) if f]
+
+    seen = [done(snap) for snap in snapshots]
+    assert seen[:4] == [["model alone"], ["model alone", "loader alone"],
+                        ["model alone", "loader alone", "end to end"],
+                        ["model alone", "loader alone", "end to end", "seed-style"]], seen
+    assert [snap["complete"] for snap in snapshots] == [False] * (len(snapshots) - 1) + [True]
+    for snap in snapshots:  # a partial file still renders
+        assert "incomplete run" in report.throughput_markdown(snap) or snap["complete"]
+    assert json.loads(out.read_text()) == snapshots[-1]
 
 
 def fig(median: float) -> dict:
@@ -403,6 +443,9 @@ old text
 <!-- BEGIN GENERATED: paper -->
 <!-- END GENERATED: paper -->
 
+<!-- BEGIN GENERATED: cpu_side_by_side -->
+<!-- END GENERATED: cpu_side_by_side -->
+
 outro
 """
 
@@ -453,13 +496,36 @@ def test_report_tables_plots_and_readme(tmp_path):
     assert readme.read_text() == text  # a second run changes nothing
 
 
+def test_throughput_plot_bars_read_as_ratios_and_mark_suspect_figures():
+    fig = report.throughput_figure(fake_throughput())
+    assert len(fig.axes) == 2  # one panel per depth and batch
+    for ax, speed in zip(fig.axes, (40000.0, 16000.0)):
+        assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0  # heights in the ratio of the figures
+        heights = [patch.get_height() for patch in ax.patches]
+        assert heights == pytest.approx([speed, speed / 2, speed * 3.66])  # model, torchvision, torch-gpu; no dali
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["model alone", "torchvision\nend to end",
+                                                                "torch-gpu\nend to end"]
+        assert [patch.get_hatch() for patch in ax.patches] == [None, None, "//"]
+        assert [t.get_text() for t in ax.texts] == ["0.50x", "3.66x\nSUSPECT"]
+
+
+def test_report_marks_a_recorded_command_that_todays_script_rejects():
+    old = fake_throughput()
+    old["environment"]["command"] = "python3 benchmarks/throughput.py --depths 20 --batch-size 1024 --workers 16"
+    text = report.throughput_markdown(old)
+    assert "today's throughput.py rejects it: unrecognized argument '--batch-size'" in text
+    current = fake_throughput()
+    current["environment"]["command"] = "python benchmarks/throughput.py --depths 20 --batch-sizes 1024 --loader.workers=16"
+    assert "rejects" not in report.throughput_markdown(current)
+
+
 def test_report_without_results_says_not_measured(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README)
     (tmp_path / "none").mkdir()
     argv = ["--results-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]
     assert report.main(argv) == 0
-    assert readme.read_text().count("Not measured yet.") == 2 and "old text" not in readme.read_text()
+    assert readme.read_text().count("Not measured yet.") == 3 and "old text" not in readme.read_text()
 
 
 def test_report_refuses_a_readme_without_markers(tmp_path, capsys):
@@ -481,7 +547,16 @@ def test_report_draws_training_curves(tmp_path, monkeypatch):
             lines += [{"step": 2 * epoch - 1, "epoch": epoch - 0.5, "loss": 2.0 / epoch, "lr": lr, "images_per_s": 9.0},
                       {"epoch": epoch, "train_loss": 2.0 / epoch, "lr": lr, "top1": 30.0 * epoch if epoch != 2 else None}]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        if name == "a":  # a run directory names its model in config.yaml; b has none: its folder's name
+            (run / "config.yaml").write_text("model:\n  name: resnet8\n")
         runs.append(run)
+    fig = report.curves_figure(runs)
+    for ax in fig.axes:  # every panel names the runs' models
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["resnet8 (a)", "b"]
+    loss, lr, top1 = fig.axes
+    assert [list(line.get_xydata()[:, 1]) for line in loss.get_lines()] == [[2.0, 1.0, 2.0 / 3]] * 2
+    assert [list(line.get_xydata()[:, 1]) for line in lr.get_lines()] == [[0.1] * 3, [0.2] * 3]
+    assert [line.get_xydata().tolist() for line in top1.get_lines()] == [[[1, 30.0], [3, 90.0]]] * 2  # epoch 2 unevaluated
     png = tmp_path / "curves.png"
     assert report.main(["--runs", *map(str, runs), "--curves", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -505,3 +580,41 @@ def test_environment_names_the_cpu_and_the_cpus_usable():
     assert env["cpu_count_usable"] >= 1
     if os.path.isfile("/proc/cpuinfo"):
         assert env["cpu"]
+
+
+# ---- CPU side by side ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cpu_side_by_side_measures_run_py_against_the_baseline(tmp_path):
+    out = tmp_path / "sbs.json"
+    result = run_module("cpu_side_by_side", "--depth", "8", "--images", "64", "--batch-size", "32",
+                        "--baseline-steps", "2", "--repeats", "1", "--conditions", "idle", "--loaders", "torchvision",
+                        "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["kind"] == "cpu_side_by_side" and data["complete"] is True
+    assert "cpu_side_by_side" in data["environment"]["command"] and data["environment"]["cpu_count_usable"] >= 1
+    idle = data["figures"]["idle"]
+    assert set(idle) == {"baseline", "run.py torchvision"} and "busy" not in data["figures"]
+    for fig in idle.values():
+        assert fig["errors"] == [] and len(fig["values"]) == 1 and positive(fig["median"])
+        assert fig["min"] == fig["median"] == fig["max"]
+    [sample] = data["samples"]["idle"]["run.py torchvision"]
+    assert "torch threads" in sample["start_line"] and sample["torch_threads"] >= 1
+    ratio = idle["run.py torchvision"]["median"] / idle["baseline"]["median"]
+    assert data["verdicts"]["idle/run.py torchvision"] == {"ratio_to_baseline": pytest.approx(ratio),
+                                                         "at_least_baseline": ratio >= 1.0}
+    assert f"idle/run.py torchvision: {ratio:.2f}x the seed-style baseline" in result.stdout
+    [row] = tables(report.cpu_side_by_side_markdown(data))[0]  # the README's table
+    assert figures(row["seed-style baseline (img/s)"]) == pytest.approx([idle["baseline"]["median"]] * 3, abs=0.5)
+    assert figures(row["vs baseline"]) == [pytest.approx(ratio, abs=0.005)]
+    assert figures(row["torch threads"]) == [sample["torch_threads"]]
+
+
+def test_competing_process_runs_only_while_busy():
+    from fastcifar.bench import cpu_side_by_side
+
+    with cpu_side_by_side.competing_process(False) as none:
+        assert none is None
+    with cpu_side_by_side.competing_process(True) as proc:
+        assert proc.poll() is None  # spinning
+    assert proc.poll() is not None  # gone after the figure

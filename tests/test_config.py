@@ -165,3 +165,39 @@ def test_literal_keys_reject_values_outside_their_choices_in_code_built_configs(
     bad = Config(loader=config_lib.LoaderConfig(dtype="float64"))
     with pytest.raises(ConfigError, match=r"loader\.dtype: 'float64' is not one of"):
         config_lib.validate(bad)
+
+
+def test_run_dir_follows_the_model_unless_set():
+    assert load("--model.name=resnet32").train.run_dir == "runs/resnet32"  # was runs/resnet20
+    assert config_lib.load("fast/resnet20", ["--model.name=resnet44"]).train.run_dir == "runs/fast-resnet44"
+    assert load("--model.name=resnet32", "--train.run_dir=elsewhere").train.run_dir == "elsewhere"
+    assert load("--train.run_dir=runs/{model.name}-s{train.seed}", "--train.seed=3").train.run_dir == "runs/resnet20-s3"
+    assert config_lib.resolve_run_dir(Config()).train.run_dir == "runs/resnet20"  # built in code
+    with pytest.raises(ConfigError, match=r"^train\.run_dir: 'runs/\{modle\.name\}' has a placeholder"):
+        load("--train.run_dir=runs/{modle.name}")
+
+
+def test_an_override_without_its_leading_dashes_is_refused_with_one_line(capsys):
+    from fastcifar.cli import train
+
+    with pytest.raises(ConfigError, match=r"^override 'train\.epochs=1': expected --section\.key=value with the "
+                                          r"leading '--', e\.g\. --train\.epochs=1$"):
+        load("train.epochs=1")
+    assert train(["resnet20", "train.epochs=1"], prog="run.py") == 2
+    err = capsys.readouterr().err
+    assert err == "run.py: error: override 'train.epochs=1': expected --section.key=value with the leading '--', " \
+                  "e.g. --train.epochs=1\n"
+
+
+@pytest.mark.parametrize("command", [["run.py", "--help"],
+                                     pytest.param(["benchmarks/throughput.py", "--help"], marks=pytest.mark.slow),
+                                     pytest.param(["-m", "fastcifar", "train", "resnet20", "--help"],
+                                                  marks=pytest.mark.slow)])
+def test_help_into_a_closed_pipe_ends_quietly(command):
+    """`run.py --help | head`: the reader goes first; no BrokenPipeError traceback, status 0."""
+    import os
+    proc = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc.stdout.close()  # before the help is printed: every write to it fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err

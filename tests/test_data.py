@@ -61,6 +61,13 @@ def test_failed_download_is_clear_and_leaves_nothing(tmp_path, monkeypatch):
     assert "CIFAR-10 not found under" in message and "download failed" in message
     assert "place cifar-10-python.tar.gz there" in message
     assert list(tmp_path.iterdir()) == []
+    # a data root the download made is removed again, and the line names every layout and the way offline
+    with pytest.raises(DataError) as e:
+        load_cifar("cifar10", tmp_path / "data" / "cifar", "train", download=True)
+    message = one_line(e)
+    assert f"{tmp_path / 'data' / 'cifar' / 'cifar10' / '{train,test}.npz'}" in message
+    assert "cifar-10-batches-py/" in message and message.endswith("and pass --data.download=false")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_download_checks_md5_and_keeps_only_good_archives(tmp_path, monkeypatch):
@@ -71,7 +78,7 @@ def test_download_checks_md5_and_keeps_only_good_archives(tmp_path, monkeypatch)
     with pytest.raises(DataError) as e:  # the published md5 cannot match a synthetic archive
         download_archive(root, SPECS["cifar10"], url=archive.as_uri())
     assert "md5" in one_line(e)
-    assert list(root.iterdir()) == []  # no .part, no archive
+    assert not root.exists()  # no .part, no archive, not even the folder the download made
 
     good_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     monkeypatch.setitem(SPECS, "cifar10", data_lib.CifarSpec(**{**SPECS["cifar10"].__dict__, "md5": good_md5}))
@@ -149,3 +156,14 @@ def test_real_cifar10(real_cifar_root, layout, tmp_path):
     mean = train.images.reshape(-1, 3).mean(axis=0)
     np.testing.assert_allclose(mean, TRAIN_MEAN, atol=0.01)
     assert train.labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+
+
+def test_a_text_file_named_npz_gets_no_allow_pickle_advice(tmp_path):
+    path = tmp_path / "cifar10" / "train.npz"
+    path.parent.mkdir()
+    path.write_text("images,labels\n1,2\n")
+    with pytest.raises(DataError) as e:
+        load_cifar("cifar10", tmp_path, "train")
+    assert one_line(e) == (f"{path} is truncated or not a valid .npz file (expected a numpy.savez archive of "
+                           "arrays 'images' and 'labels')")
+    assert "pickle" not in one_line(e)

@@ -72,6 +72,43 @@ def add_run_options(p: argparse.ArgumentParser, data: tuple[str, str], depths) -
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<kind>-<device>.json")
 
 
+def throughput_parser(doc: str | None = None) -> argparse.ArgumentParser:
+    """throughput.py's options; here, so that report.py can check a recorded command against them."""
+    from fastcifar.config import LoaderName, choices
+    from fastcifar.models import PAPER_DEPTHS
+
+    p = parser("throughput.py", doc)
+    add_run_options(p, ("synthetic", "cifar10"), PAPER_DEPTHS)
+    p.add_argument("--loaders", nargs="+", default=list(choices(LoaderName)), choices=choices(LoaderName))
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[512])
+    p.add_argument("--steps", type=positive_int, default=50, help="timed steps per repeat")
+    p.add_argument("--warmup", type=non_negative_int, default=10, help="untimed steps after the first")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timings per figure")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
+    p.add_argument("--baseline-batch-size", type=positive_int, default=128)
+    p.add_argument("--baseline-workers", type=non_negative_int, default=4)
+    p.add_argument("--baseline-only", action="store_true", help="only the seed-style baseline (cpu_side_by_side.py)")
+    return p
+
+
+class _Rejected(Exception):
+    pass
+
+
+def rejection(p: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """Why p rejects argv (the first line of its error), or None when today's options accept it."""
+    def error(message):
+        raise _Rejected(message)
+
+    p.error = error  # argparse would print usage and exit
+    try:
+        parse_with_overrides(p, argv)
+    except _Rejected as e:
+        return str(e).splitlines()[0]
+    return None
+
+
 def overrides(**values) -> list[str]:
     """--section.key=value from keywords written section__key=value."""
     return [f"--{k.replace('__', '.')}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
@@ -94,9 +131,14 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def result(kind: str, schema_version: int, **fields) -> dict:
-    """A result file's head: its kind, schema and what the figures depend on (fastcifar.environment)."""
-    return {"kind": kind, "schema_version": schema_version, **fields, "environment": environment()}
+CUDA_ENVIRONMENT = ("cuda", "cudnn", "driver", "gpu", "gpu_count", "gpus")  # left out of a CPU result
+
+
+def result(kind: str, schema_version: int, cpu: bool = False, **fields) -> dict:
+    """A result file's head: its kind, schema and what the figures depend on (fastcifar.environment);
+    for figures measured on a CPU, without the CUDA fields."""
+    env = {k: v for k, v in environment().items() if not (cpu and k in CUDA_ENVIRONMENT)}
+    return {"kind": kind, "schema_version": schema_version, **fields, "environment": env}
 
 
 def write_json(path: Path | str, data: dict) -> Path:

@@ -6,7 +6,9 @@
 """
 
 import os
+import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from fastcifar.files import write_text_atomic
 
 # result kind -> (README marker, report.md title)
 SECTIONS = {"throughput": ("throughput", "Throughput"), "time_to_accuracy": ("time_to_accuracy", "Time to accuracy"),
-            "paper_run": ("paper", "Reproducing the paper's table")}
+            "paper_run": ("paper", "Reproducing the paper's table"),
+            "cpu_side_by_side": ("cpu_side_by_side", "run.py against the seed-style baseline on a CPU")}
 DASH = "—"
 # CIFAR-10 test top-1 (%) of akamaster/pytorch_resnet_cifar10's best epochs; this project's finals aim at them.
 AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
@@ -42,19 +45,53 @@ def rate(fig) -> str:
     return f"{num(r['median'])} ({num(r['min'])}–{num(r['max'])})"
 
 
-def tflops(fig) -> str:
-    return num(fig["tflops"]["median"], 1) if fig and fig.get("tflops") else DASH
+def flops_unit(result: dict) -> tuple[str, float]:
+    """TFLOP/s on a GPU; GFLOP/s on a CPU, where TFLOP/s would read 0.0."""
+    s = result["settings"]
+    return ("GFLOP/s", 1e3) if s.get("device", s.get("device_name")) == "cpu" else ("TFLOP/s", 1.0)
 
 
-def header(result: dict) -> str:
+def tflops(fig, scale: float = 1.0) -> str:
+    return num(fig["tflops"]["median"] * scale, 1) if fig and fig.get("tflops") else DASH
+
+
+def committed_in(path: Path | None) -> str | None:
+    """The commit that added a result file to the repository (its code is at most that new), via git."""
+    if path is None:
+        return None
+    try:
+        out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%h", "-1", "--", Path(path).resolve()],
+                             capture_output=True, text=True, timeout=20, cwd=Path(path).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def stale_command(result: dict) -> str | None:
+    """Why today's script rejects the result's recorded command (a renamed flag), or None."""
+    words = shlex.split(result.get("environment", {}).get("command") or "")
+    script = next((i for i, w in enumerate(words) if w.endswith("throughput.py") or w.endswith(".throughput")), None)
+    if result.get("kind") != "throughput" or script is None:
+        return None
+    return common.rejection(common.throughput_parser(), words[script + 1:])
+
+
+def header(result: dict, path: Path | None = None) -> str:
     env = result.get("environment", {})
     git, device = env.get("git") or {}, env.get("gpu") or env.get("cpu") or "cpu"
     count = f"{env['gpu_count']} x " if env.get("gpu_count", 0) > 1 else ""
     versions = [f"torch {env.get('torch', '?')}", env.get("cuda") and f"CUDA {env['cuda']}",
                 env.get("driver") and f"driver {env['driver']}", env.get("dali")]
+    commit = git.get("commit")
+    added = None if commit else committed_in(path)
+    made = f"{commit[:10]}" if commit else "unknown" + (f" (the result was committed in {added})" if added else "")
+    stale = stale_command(result)
+    code = f" with the code of {commit[:10] if commit else added}{'' if commit else ' or older'}" if commit or added else ""
+    note = (f"  \nAs run then{code}; today's throughput.py rejects it: {stale}. Rerun with today's options "
+            "(`--help`) to reproduce." if stale else "")
     return (f"**{count}{device}**, {', '.join(filter(None, versions))}; {env.get('date', '?')}, commit "
-            f"{(git.get('commit') or 'unknown')[:10]}{' (dirty)' if git.get('dirty') else ''}"
-            f"{'' if result.get('complete', True) else ' (incomplete run)'}.  \n`{env.get('command', '?')}`")
+            f"{made}{' (dirty)' if git.get('dirty') else ''}"
+            f"{'' if result.get('complete', True) else ' (incomplete run)'}.  \n`{env.get('command', '?')}`{note}")
 
 
 # ---- throughput ------------------------------------------------------------------------------------
@@ -65,67 +102,97 @@ def batches(result: dict, r: dict) -> list[dict]:
     return [{"batch_size": result["settings"]["batch_size"], "loaders": r["loaders"], "model_alone": r["model_alone"]}]
 
 
-def throughput_markdown(result: dict) -> str:
+def throughput_markdown(result: dict, path: Path | None = None) -> str:
     s = result["settings"]
     cfg, bw = s.get("config", s), s.get("peak_bandwidth")  # schema 1: the config in the settings
     on = {k: "on" if cfg.get(k) in (True, "true") else "off" for k in ("compile", "channels_last", "cuda_graph")}
+    unit, scale = flops_unit(result)
+    gpu = unit == "TFLOP/s"  # a CPU result has no bandwidth, memory or CUDA graph to show
     model_rows, loader_rows = [], []
     for r in result["results"]:
         base, bs = r.get("seed_style"), batches(result, r)
-        for b in bs:
-            m, c = b["model_alone"], b["model_alone"].get("compile_seconds")
+        for b in bs:  # a run still going (or killed) has figures still None
+            m = b.get("model_alone") or {}
+            c = m.get("compile_seconds")
             estimate = num(m.get("compile_seconds_estimate"), 1, " (estimate)")  # schema 1
             compile_ = f"{c['cold']:.1f} / {c['warm']:.1f}" if c else estimate
             model_rows.append([r["depth"], b["batch_size"], num(r["params"]), f"{r['macs_per_image'] / 1e6:,.1f} M",
-                               rate(m), tflops(m), num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
-                               num(m.get("bandwidth_fraction") and 100 * m["bandwidth_fraction"], 0, "%"), compile_,
-                               num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, 2)])
+                               rate(m), tflops(m, scale), num(b.get("bytes_per_image") and b["bytes_per_image"] / 1e6, 2),
+                               *([num(m.get("bandwidth_fraction") and 100 * m["bandwidth_fraction"], 0, "%")] if gpu
+                                 else []), compile_,
+                               *([num(m.get("peak_memory_bytes") and m["peak_memory_bytes"] / 2**30, 2)] if gpu else [])])
             for name, e in b["loaders"].items():
                 speed = (base or {}).get("speedup_end_to_end", {}).get(name) if b is bs[0] else None
                 rel = num(e.get("ratio_end_to_end_to_model"), 2, " (suspect)" if e.get("suspect") else "")
-                loader_rows.append([r["depth"], b["batch_size"], name, rate(e["loader_alone"]) if not e.get("error")
-                                    else f"unavailable: {e['error']}"[:90], rate(e["end_to_end"]), rel,
-                                    tflops(e["end_to_end"]), num(speed, 1, "x")])
+                loader_rows.append([r["depth"], b["batch_size"], name, rate(e.get("loader_alone"))
+                                    if not e.get("error") else f"unavailable: {e['error']}"[:90],
+                                    rate(e.get("end_to_end")), rel, tflops(e.get("end_to_end"), scale),
+                                    num(speed, 1, "x")])
         if base:
             st, e2e = base["setting"], base["end_to_end"]
             loader_rows.append([r["depth"], st["batch_size"], f"seed-style (torchvision, {st['workers']} workers, "
                                 f"fp32, NCHW, eager; model alone {rate(base['model_alone'])})", DASH, rate(e2e),
-                                num(base.get("ratio_end_to_end_to_model"), 2), tflops(e2e), "1.0x"])
+                                num(base.get("ratio_end_to_end_to_model"), 2), tflops(e2e, scale), "1.0x"])
+    workers = f"{s['workers']} torchvision workers, " if "workers" in s else ""
+    settings = (f"amp {cfg['amp']}, compile {on['compile']}, channels_last {on['channels_last']}, " +
+                (f"CUDA graph {on['cuda_graph']}, " if gpu else "") + f"{workers}{s['data']} data")
+    bandwidth = (f", against a peak bandwidth of {num(bw and bw / 1e12, 2, ' TB/s') if bw else 'unknown'}"
+                 if gpu else "")
     return "\n".join([
-        header(result), "", f"amp {cfg['amp']}, compile {on['compile']}, channels_last {on['channels_last']}, CUDA "
-        f"graph {on['cuda_graph']}, {s['workers']} torchvision workers, {s['data']} data; median (min–max) images/s "
+        header(result, path), "", f"{settings}; median (min–max) images/s "
         f"over {s['repeats']} x {s['steps']} steps after {s['warmup']} warm-up steps (loader-fed: at least an epoch). "
-        "TFLOP/s counts 3x the forward FLOPs; MB/image is an estimate (see the JSON's bytes_convention), against a "
-        f"peak bandwidth of {num(bw and bw / 1e12, 2, ' TB/s') if bw else 'unknown'}. Compile: first step minus a "
-        "typical one, cold / warm inductor cache; empty when off.", "",
-        common.markdown_table(["depth", "batch", "params", "MACs/image", "model alone (img/s)", "TFLOP/s",
-                               "MB/image (est.)", "of peak bandwidth", "compile (s)", "peak GiB"], model_rows), "",
+        f"{unit} counts 3x the forward FLOPs; MB/image is an estimate (see the JSON's bytes_convention){bandwidth}. "
+        "Compile: first step minus a typical one, cold / warm inductor cache; empty when off.", "",
+        common.markdown_table(["depth", "batch", "params", "MACs/image", "model alone (img/s)", unit, "MB/image (est.)",
+                               *(["of peak bandwidth"] if gpu else []), "compile (s)", *(["peak GiB"] if gpu else [])],
+                              model_rows), "",
         common.markdown_table(["depth", "batch", "loader", "loader alone (img/s)", "end to end (img/s)",
-                               "end to end / model alone", "TFLOP/s", "vs seed-style"], loader_rows)])
+                               "end to end / model alone", unit, "vs seed-style"], loader_rows)])
+
+
+def throughput_bars(result: dict) -> list[tuple[str, list[tuple[str, dict, bool]]]]:
+    """Per (depth, batch) panel: (title, [(bar label, images/s figure, suspect)]), model alone first;
+    a loader that could not run has no bar."""
+    panels = []
+    for r in result["results"]:
+        for b in batches(result, r):
+            bars = [("model alone", b.get("model_alone"), False)] + [
+                (f"{n}\nend to end", e.get("end_to_end"), bool(e.get("suspect"))) for n, e in b["loaders"].items()]
+            bars = [(label, f, suspect) for label, f, suspect in bars if f and "images_per_s" in f]
+            if bars:
+                panels.append((f"ResNet-{r['depth']}, batch {b['batch_size']}", bars))
+    return panels
+
+
+def throughput_figure(result: dict):
+    """One panel per depth and batch, on a LINEAR scale from 0 (bar heights in the ratio of the figures, which a
+    log scale hides: a model-alone bar 3x another looked about as tall), each end-to-end bar labelled with its
+    fraction of the model alone; a suspect figure (end to end faster than the model alone) is hatched and says so."""
+    from matplotlib.figure import Figure  # no pyplot: no display, nothing global to close
+
+    panels = throughput_bars(result)
+    fig = Figure(figsize=(max(6.0, 3.2 * len(panels)), 4.5))
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (title, bars) in zip(axes, panels):
+        model = bars[0][1]["images_per_s"]["median"] if bars[0][0] == "model alone" else None
+        for j, (label, f, suspect) in enumerate(bars):
+            r = f["images_per_s"]
+            ax.bar(j, r["median"], 0.7, yerr=[[r["median"] - r["min"]], [r["max"] - r["median"]]], color=f"C{j}",
+                   hatch="//" if suspect else None, edgecolor="black" if suspect else None)
+            note = f"{r['median'] / model:.2f}x" if model and j else ""
+            note += ("\nSUSPECT" if suspect else "")
+            if note:
+                ax.annotate(note.strip(), (j, r["max"]), ha="center", va="bottom", fontsize=8,
+                            color="red" if suspect else "black")
+        ax.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=8)
+        ax.set_ylim(0, 1.2 * max(f["images_per_s"]["max"] for _, f, _ in bars))
+        ax.set(title=title, ylabel="images / s (median, min–max)", xlabel="above a bar: x model alone")
+    fig.suptitle(f"Training throughput, {result['settings']['device_name']}")
+    return fig
 
 
 def throughput_plot(result: dict, path: Path) -> Path:
-    from matplotlib.figure import Figure  # no pyplot: no display, nothing global to close
-
-    groups = [(f"ResNet-{r['depth']}\nbatch {b['batch_size']}", b) for r in result["results"]
-              for b in batches(result, r)]
-    series = {"model alone": [b["model_alone"] for _, b in groups], **{
-        f"{n} end to end": [b["loaders"].get(n, {}).get("end_to_end") for _, b in groups]
-        for n in result["settings"]["loaders"]}}
-    series = {k: [(j, f["images_per_s"]) for j, f in enumerate(v) if f and "images_per_s" in f]
-              for k, v in series.items()}
-    series = {k: v for k, v in series.items() if v}  # an unavailable loader: no bars
-    fig = Figure(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(series))
-    for i, (label, pts) in enumerate(series.items()):
-        ax.bar([j + (i - (len(series) - 1) / 2) * width for j, _ in pts], [r["median"] for _, r in pts], width,
-               yerr=[[r["median"] - r["min"] for _, r in pts], [r["max"] - r["median"] for _, r in pts]], label=label)
-    ax.set_xticks(range(len(groups)), [g for g, _ in groups])
-    ax.set_yscale("log")  # ResNet-20 and ResNet-1202 differ by ~70x
-    ax.set(ylabel="images / s (median, min–max)", title=f"Training throughput, {result['settings']['device_name']}")
-    ax.legend(fontsize=8)
-    return save(fig, path)
+    return save(throughput_figure(result), path)
 
 
 # ---- time to accuracy ------------------------------------------------------------------------------
@@ -135,7 +202,7 @@ def time_cell(block: dict | None, key: str = "wall_seconds") -> str:
     return mean_std(block and block[key], 0, " s")
 
 
-def time_to_accuracy_markdown(result: dict) -> str:
+def time_to_accuracy_markdown(result: dict, path: Path | None = None) -> str:
     s, rows = result["settings"], []
     for d in result["depths"]:
         t, recipes = d["time_to_target"], [r for r in d["recipes"] if r["final_top1"].get("mean") is not None]
@@ -146,12 +213,43 @@ def time_to_accuracy_markdown(result: dict) -> str:
                      time_cell(t), time_cell(t, "wall_seconds_without_compile") if t["status"] == "reached" else DASH,
                      mean_std(chosen.get("compile_seconds"), 0, " s"), num(d.get("paper_top1"), 2),
                      time_cell(d.get("time_to_paper"))])
-    return "\n".join([header(result), "", f"Target {s['target']}% test top-1 on {s['data']}, {s['seeds']} seed(s) per "
+    return "\n".join([header(result, path), "", f"Target {s['target']}% test top-1 on {s['data']}, {s['seeds']} seed(s) per "
                       f"recipe, {s['world_size']} process(es). Time to target: wall time of the fastest recipe whose "
                       "MEAN FINAL accuracy reaches it (mean ± std over seeds), with and without compile time "
                       "(measured, cold cache each run).", "", common.markdown_table(
                           ["depth", "recipe", "seeds", "final top-1", f"time to {s['target']:g}%", "without compile",
                            "compile", "paper top-1", "time to paper top-1"], rows)])
+
+
+# ---- run.py against the baseline on a CPU ---------------------------------------------------------
+def cpu_side_by_side_markdown(result: dict, path: Path | None = None) -> str:
+    s, rows = result["settings"], []
+
+    def cell(fig: dict | None) -> str:
+        if not fig or fig.get("median") is None:
+            return f"error: {fig['errors'][0]}"[:90] if fig and fig.get("errors") else DASH
+        return f"{num(fig['median'])} ({num(fig['min'])}–{num(fig['max'])})"
+
+    for condition, by in result["figures"].items():
+        row = [condition if condition == "idle" else "one competing CPU-bound process", cell(by.get("baseline"))]
+        for name in s["loaders"]:
+            verdict = result.get("verdicts", {}).get(f"{condition}/run.py {name}") or {}
+            ratio = verdict.get("ratio_to_baseline")
+            threads = sorted({x.get("torch_threads") for x in result["samples"][condition][f"run.py {name}"]
+                              if x.get("torch_threads")})
+            row += [cell(by.get(f"run.py {name}")), DASH if ratio is None else
+                    f"{ratio:.2f}x" + ("" if ratio >= 1 else " (below the baseline)"),
+                    ", ".join(map(str, threads)) or DASH]
+        rows.append(row)
+    headers = ["machine", "seed-style baseline (img/s)"]
+    for name in s["loaders"]:
+        headers += [f"run.py, {name} (img/s)", "vs baseline", "torch threads"]
+    return "\n".join([header(result, path), "", f"ResNet-{s['depth']}, batch {s['batch_size']}, {s['images']:,} synthetic "
+                      f"training images; median (min–max) of {s['repeats']} interleaved repeats, each a fresh process. "
+                      f"run.py: the images/s of its one epoch, first step included; baseline: throughput.py's "
+                      f"seed-style end to end (torchvision, {s['baseline_workers']} workers, fp32, NCHW, eager) over "
+                      f"{s['baseline_steps']} steps after an epoch of warm-up.", "",
+                      common.markdown_table(headers, rows)])
 
 
 # ---- the paper's table -----------------------------------------------------------------------------
@@ -193,8 +291,21 @@ def paper_markdown(results: list[dict]) -> str:
 
 
 # ---- training curves and files ---------------------------------------------------------------------
-def curves_plot(run_dirs: list[Path], path: Path) -> Path:
-    """Train loss and learning rate (every logged step) and test top-1 (evaluated epochs) of each run."""
+def run_label(run_dir: Path) -> str:
+    """The run's model (from its config.yaml), and the folder's name where that says more: 'resnet56 (seed1)'."""
+    import yaml
+
+    try:
+        model = ((yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("model") or {}).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        model = None
+    name = Path(run_dir).name
+    return name if not model or model == name else f"{model} ({name})"
+
+
+def curves_figure(run_dirs: list[Path]):
+    """Train loss and learning rate (every logged step) and test top-1 (evaluated epochs) of each run,
+    each panel with its own legend naming the runs' models."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 4))
@@ -207,11 +318,17 @@ def curves_plot(run_dirs: list[Path], path: Path) -> Path:
                         (axes[1], [(r["epoch"], r["lr"]) for r in steps or evals if "lr" in r]),
                         (axes[2], [(r["epoch"], r["top1"]) for r in evals if r.get("top1") is not None])):
             if pts:
-                ax.plot(*zip(*pts), color=f"C{i}", marker="o" if ax is axes[2] else None, ms=3, label=run_dir.name)
+                ax.plot(*zip(*pts), color=f"C{i}", marker="o" if ax is axes[2] else None, ms=3,
+                        label=run_label(run_dir))
     for ax, what in zip(axes, ("train loss", "learning rate", "test top-1 (%)")):
         ax.set(xlabel="epoch", ylabel=what)
-    axes[2].legend(fontsize=8)
-    return save(fig, path)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    return fig
+
+
+def curves_plot(run_dirs: list[Path], path: Path) -> Path:
+    return save(curves_figure(run_dirs), path)
 
 
 def save(fig, path: Path) -> Path:
@@ -239,7 +356,9 @@ def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
 def section(kind: str, results: list, plots: dict, link_from: Path) -> str:
     if kind == "paper_run":
         return paper_markdown([data for _path, data in results])
-    parts = [(throughput_markdown if kind == "throughput" else time_to_accuracy_markdown)(data) + (
+    markdown = {"throughput": throughput_markdown, "time_to_accuracy": time_to_accuracy_markdown,
+                "cpu_side_by_side": cpu_side_by_side_markdown}[kind]
+    parts = [markdown(data, path) + (
         f"\n\n![{kind.replace('_', ' ')}: {path.stem}]({Path(os.path.relpath(plots[path], link_from)).as_posix()})"
         if path in plots else "") for path, data in results]
     return "\n\n".join(parts) or "Not measured yet."

@@ -1,6 +1,7 @@
 """Images/s of each depth, batch size and loader: the model alone, the loader alone, end to end (flagged
 above 1.1x the model alone) and a seed-style baseline; compile time apart, cold and warm. --section.key=value
-sets that config key for every figure but the baseline's (e.g. --train.cuda_graph=true).
+sets that config key for every figure but the baseline's (e.g. --train.cuda_graph=true). The JSON is written
+again as each figure is done: a run killed by a time limit keeps every figure it measured ("complete": false).
 
     python benchmarks/throughput.py --depths 20 56 --batch-sizes 128 1024 --loaders torch-gpu
 """
@@ -16,12 +17,13 @@ from fastcifar import pipelines
 from fastcifar.bench import common, report
 from fastcifar.bench.common import log
 from fastcifar import flops
-from fastcifar.config import LoaderName, choices, load
+from fastcifar.config import load
 from fastcifar.data import load_cifar
 from fastcifar.distributed import resolve_device
 from fastcifar.errors import FastcifarError
-from fastcifar.models import PAPER_DEPTHS, build_model
+from fastcifar.models import build_model
 from fastcifar.synthetic import synthetic_split
+from fastcifar.threads import loader_threads
 from fastcifar.training.engine import TrainStep, build_optimizer, prepare_model, resolve_runtime
 from fastcifar.training.graph import build_train_step
 from fastcifar.training.prefetch import prefetch
@@ -37,18 +39,10 @@ TIMING = ("first step timed apart, then `warmup` untimed steps (loader-fed: at l
 
 
 def parse_args(argv):
-    p = common.parser("throughput.py", __doc__)
-    common.add_run_options(p, ("synthetic", "cifar10"), PAPER_DEPTHS)
-    p.add_argument("--loaders", nargs="+", default=list(choices(LoaderName)), choices=choices(LoaderName))
-    p.add_argument("--batch-sizes", type=common.positive_int, nargs="+", default=[512])
-    p.add_argument("--steps", type=common.positive_int, default=50, help="timed steps per repeat")
-    p.add_argument("--warmup", type=common.non_negative_int, default=10, help="untimed steps after the first")
-    p.add_argument("--repeats", type=common.positive_int, default=5, help="timings per figure")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-baseline", action="store_true", help="skip the seed-style baseline")
-    p.add_argument("--baseline-batch-size", type=common.positive_int, default=128)
-    p.add_argument("--baseline-workers", type=common.non_negative_int, default=4)
+    p = common.throughput_parser(__doc__)
     args = common.parse_with_overrides(p, argv)
+    if args.baseline_only and args.no_baseline:
+        p.error("--baseline-only and --no-baseline exclude each other")
     too_big = [b for b in [*args.batch_sizes, args.baseline_batch_size] if b > args.synthetic_size]
     if args.data == "synthetic" and too_big:
         p.error(f"batch {too_big[0]} is larger than --synthetic-size {args.synthetic_size}")
@@ -64,6 +58,7 @@ def parse_args(argv):
                       else synthetic_split(args.synthetic_size, seed=args.seed, learnable=False))
     except FastcifarError as e:
         p.exit(2, f"throughput.py: error: {e}\n")
+    args.save = lambda: None  # main() sets it: the output is written after every figure
     args.out = args.out or common.out_path("throughput", args.device)
     args.peak = flops.peak_bandwidth(common.device_name(args.device))  # bytes/s; None when unknown
     args.baseline = None if args.no_baseline else {**SEED_STYLE, "batch_size": args.baseline_batch_size,
@@ -133,13 +128,15 @@ def measure(what: str, run, batch: int, args, warmup: int, counts: dict | None =
     rates = [args.steps * batch / s for s in seconds]
     fig = {"images_per_s": summarize(rates), "step_ms": summarize([1000 * s / args.steps for s in seconds]),
            "first_step_seconds": first, "warmup_seconds": warm,
-           "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
            "batch_size": batch, "steps": args.steps, "warmup": warmup, "repeats": args.repeats}
+    if device.type == "cuda":  # no CUDA fields on the CPU
+        fig["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
     if step is not None:
         moved = flops.bytes_per_image(counts, batch, dtype_bytes(step))
         fig["tflops"] = summarize([flops.train_tflops(v, counts["macs_per_image"]) for v in rates])
         fig["bytes_per_s"] = summarize([v * moved for v in rates])
-        fig["bandwidth_fraction"] = fig["bytes_per_s"]["median"] / args.peak if args.peak else None
+        if args.peak:  # a known GPU's peak memory bandwidth
+            fig["bandwidth_fraction"] = fig["bytes_per_s"]["median"] / args.peak
     log(f"  {what}: {fig['images_per_s']['median']:,.0f} images/s")
     return fig
 
@@ -167,10 +164,12 @@ def model_alone(args, cfg, counts: dict):
     return step, fig
 
 
-def bench_loader(args, cfg, step, counts: dict, alone: bool = True) -> dict:
-    """Loader alone and end to end for one backend; one that cannot be built here is an error entry."""
+def bench_loader(args, cfg, step, counts: dict, alone: bool = True, entry: dict | None = None) -> dict:
+    """Loader alone and end to end for one backend, filled into entry (already in the result, which
+    args.save writes after each figure); one that cannot be built here is an error entry."""
     name, batch = cfg.loader.name, cfg.train.batch_size
-    entry = {"error": None, "loader_alone": None, "end_to_end": None}
+    entry = entry if entry is not None else {}
+    entry.update({"error": None, "loader_alone": None, "end_to_end": None})
     try:
         loader = pipelines.build_loader(cfg, "train", args.split, args.device, 0, 1)
     except Exception as e:  # noqa: BLE001 - DALI not installed, no CUDA, not registered, ...
@@ -185,6 +184,7 @@ def bench_loader(args, cfg, step, counts: dict, alone: bool = True) -> dict:
 
     if alone:
         entry["loader_alone"] = measure(f"{name} loader alone", touch, batch, args, warmup)
+        args.save()
     if step is not None:
         entry["end_to_end"] = measure(f"{name} end to end", lambda: step(*next(batches)), batch, args, warmup,
                                       counts, step)
@@ -202,19 +202,24 @@ def flag(entry: dict, model: dict) -> dict:
     return entry
 
 
-def bench_depth(args, depth: int) -> dict:
+def bench_depth(args, depth: int, result: dict) -> dict:
+    """Fills result (already in the output, so that args.save keeps each figure as it is done)."""
     from torch._inductor.utils import fresh_inductor_cache  # a new TORCHINDUCTOR_CACHE_DIR, memory caches cleared
 
     counts = flops.count(f"resnet{depth}")
-    result = {"depth": depth, "model": f"resnet{depth}", **counts, "batches": [], "seed_style": None}
-    for batch in args.batch_sizes:
+    result.update({"depth": depth, "model": f"resnet{depth}", **counts, "batches": [], "seed_style": None})
+    for batch in [] if args.baseline_only else args.batch_sizes:
+        entry = {"batch_size": batch, "model_alone": None, "loaders": {}, "bytes_per_image": None}
+        result["batches"].append(entry)
         with fresh_inductor_cache():  # each (depth, batch) starts cold
             step, model = model_alone(args, make_config(args, depth, args.loaders[0], batch), counts)
-            loaders = {name: flag(bench_loader(args, make_config(args, depth, name, batch), step, counts), model)
-                       for name in args.loaders}
-        entry = {"batch_size": batch, "model_alone": model, "loaders": loaders,
-                 "bytes_per_image": flops.bytes_per_image(counts, batch, dtype_bytes(step)) if step else None}
-        result["batches"].append(entry)
+            entry["model_alone"] = model
+            entry["bytes_per_image"] = flops.bytes_per_image(counts, batch, dtype_bytes(step)) if step else None
+            args.save()
+            for name in args.loaders:
+                loader = entry["loaders"][name] = {}
+                flag(bench_loader(args, make_config(args, depth, name, batch), step, counts, entry=loader), model)
+                args.save()
         del step
         common.release(args.device)
     if args.baseline is None:
@@ -224,11 +229,12 @@ def bench_depth(args, depth: int) -> dict:
     step, model = model_alone(args, cfg, counts)
     e2e = bench_loader(args, cfg, step, counts, alone=False)
     base = flag({"setting": args.baseline, "model_alone": model, "end_to_end": e2e["end_to_end"] or e2e}, model)
-    first = result["batches"][0]
+    first = result["batches"][0] if result["batches"] else {"model_alone": None, "loaders": {}}
     base["speedup_model_alone"] = ratio(first["model_alone"], model)
     base["speedup_end_to_end"] = {n: ratio(e["end_to_end"], base["end_to_end"])
                                   for n, e in first["loaders"].items()}
     result["seed_style"] = base
+    args.save()
     del step
     common.release(args.device)
     return result
@@ -242,16 +248,23 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: getattr(rt, k) for k in ("compile", "compile_mode", "channels_last", "cuda_graph")}
     settings = {k: getattr(args, k) for k in ("depths", "loaders", "batch_sizes", "steps", "warmup", "repeats",
                                               "overrides", "data", "seed")}
-    out = common.result("throughput", SCHEMA_VERSION, complete=False, settings={
-        **settings, "device": args.device.type, "device_name": name, "peak_bandwidth": args.peak,
+    cuda, torchvision = args.device.type == "cuda", "torchvision" in args.loaders
+    if not cuda:
+        config.pop("cuda_graph")
+    out = common.result("throughput", SCHEMA_VERSION, cpu=not cuda, complete=False, settings={
+        **settings, "device": args.device.type, "device_name": name,
+        **({"peak_bandwidth": args.peak} if cuda else {}),  # only the fields that apply here
         "config": {"amp": str(rt.amp_dtype or "none").removeprefix("torch."), **config},
-        "workers": args.fast.loader.workers, "data_size": len(args.split), "seed_style": args.baseline},
+        **({"workers": loader_threads(args.fast.loader)} if torchvision else {}),
+        "data_size": len(args.split), "seed_style": args.baseline},
         timing=TIMING, flops_convention=flops.FLOPS_CONVENTION, bytes_convention=flops.BYTES_CONVENTION, results=[])
+    args.save = lambda: common.write_json(args.out, out)  # after every figure: a killed run keeps what it measured
     for depth in args.depths:
         log(f"resnet{depth}:")
-        out["results"].append(bench_depth(args, depth))
+        out["results"].append({"depth": depth})
+        bench_depth(args, depth, out["results"][-1])
         out["complete"] = len(out["results"]) == len(args.depths)
-        common.write_json(args.out, out)  # after every depth: a crash keeps what was measured
+        args.save()
     log(f"wrote {args.out}")
     print(report.throughput_markdown(out))
     return 0

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastcifar.environment import usable_cpus
+from fastcifar.threads import loader_threads
 from fastcifar.errors import ConfigError
 from fastcifar.pipelines.base import LoaderSpec, loader_device, register_loader
 from fastcifar.pipelines.sharding import EpochPlan, index_tensor
@@ -94,7 +94,7 @@ def build_pipeline(spec: LoaderSpec, device: str, runs_ahead: int):
     a = spec.augment
     crop, erase = uses_draws(spec)
     device_id = (spec.device.index or 0) if device == "gpu" else None
-    threads = max(1, min(spec.loader.workers or 1, usable_cpus()))
+    threads = max(1, loader_threads(spec.loader))  # fastcifar/threads.py: this process's share
 
     # async + pipelined selects the dynamic executor: outputs(cuda_stream=...) without a host sync
     @pipeline_def(batch_size=spec.loader.dali_batches_per_run, num_threads=threads, device_id=device_id,

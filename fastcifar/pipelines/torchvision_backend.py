@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
-from fastcifar.environment import usable_cpus
+from fastcifar.threads import loader_threads
 from fastcifar.pipelines.base import LoaderSpec, register_loader, to_model_input
 from fastcifar.pipelines.sharding import EpochPlan
 
@@ -67,9 +67,9 @@ class TorchvisionLoader:
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
         self.sampler = EpochBatchSampler(spec)
-        # The configs' default of 4 workers would oversubscribe a small machine, and DataLoader
-        # warns about it once per loader; the batches do not depend on the worker count.
-        workers = min(spec.loader.workers, usable_cpus())
+        # The configs' default of 4 workers would oversubscribe a small machine (fastcifar/threads.py),
+        # and DataLoader warns about it once per loader; the batches do not depend on the worker count.
+        workers = loader_threads(spec.loader)
         self.dataloader = DataLoader(
             AugmentedCifar(spec), batch_sampler=self.sampler, num_workers=workers,
             pin_memory=spec.device.type == "cuda", persistent_workers=workers > 0,

@@ -9,11 +9,11 @@ import itertools
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from fastcifar import config as config_lib
 from fastcifar import distributed as dist_lib
@@ -32,9 +32,12 @@ from fastcifar.training.engine import (
 )
 from fastcifar.training.graph import build_train_step
 from fastcifar.training.prefetch import prefetch
+from fastcifar.training.progress import Progress, start_line
 from fastcifar.training.schedule import LRSchedule
 from fastcifar.training.stopping import GracefulStop
+from fastcifar.training.tensorboard_log import TensorBoardLog
 from fastcifar.pipelines import build_loader
+from fastcifar.threads import apply_torch_threads, loader_threads
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -62,10 +65,12 @@ def compile_seconds() -> float:
 class Trainer:
     def __init__(self, cfg: Config, dist: dist_lib.DistInfo | None = None):
         start = time.perf_counter()
-        self.cfg = cfg
+        self.cfg = cfg = config_lib.resolve_run_dir(cfg)  # a Config built in code may hold runs/{model.name}
         self.dist = dist or dist_lib.setup(cfg.train.device)
         self.main = self.dist.is_main
         config_lib.validate(cfg, self.dist.world_size)
+        self.threads = apply_torch_threads(cfg.train)
+        self.tensorboard = TensorBoardLog(cfg.train.run_dir, cfg.train.tensorboard and self.main)
         self.runtime = resolve_runtime(cfg.train, self.dist.device, self.dist.distributed, announce=self.main,
                                        implementation=cfg.optim.implementation)
         # compiles happen lazily, in fit(): the summary reports this trainer's share apart
@@ -93,6 +98,10 @@ class Trainer:
         self.train_seconds = 0.0
         self.first_step_seconds = None  # of this process: compile time shows here
         self._prepare_run_dir()
+        self.progress = Progress(cfg, len(self.train_loader), self.main and cfg.train.progress)
+        if self.main:  # on stderr, with the bar and the log lines: stdout keeps the epochs' results
+            print(start_line(cfg, self.runtime, self.dist.device, self.dist.world_size, self.threads,
+                             loader_threads(cfg.loader)), file=sys.stderr, flush=True)
         self.setup_seconds = time.perf_counter() - start  # data, model, run dir, a resume's checkpoint
 
     # ---- setup -------------------------------------------------------------------------------
@@ -193,6 +202,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a") as f:  # appended: resumes keep history
                 f.write(json_text(record) + "\n")
+            self.tensorboard.write(record)
 
     # ---- loop --------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -202,8 +212,7 @@ class Trainer:
         steps = len(loader)
         window_loss = torch.zeros((), device=self.dist.device)
         epoch_loss = torch.zeros((), device=self.dist.device)
-        bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not (self.main and cfg.progress), leave=False, dynamic_ncols=True)
+        self.progress.start_epoch(self.epoch, self.step)
         start = window_start = time.perf_counter()
         window_steps = done = 0
         for i, (images, labels) in enumerate(loader):
@@ -219,7 +228,7 @@ class Trainer:
             self.step += 1
             window_steps += 1
             done = i + 1
-            bar.update(1)
+            self.progress.step()
             cut = self.step_limit_reached()
             if (i + 1) % cfg.log_every == 0 or i + 1 == steps or cut:
                 # the one host sync per window; summed over ranks first, so that every rank sees
@@ -231,7 +240,7 @@ class Trainer:
                 ips = window_steps * cfg.batch_size / (now - window_start)
                 self.log_event({"step": self.step, "epoch": self.epoch + (i + 1) / steps,
                                 "loss": mean_loss, "lr": lr, "images_per_s": ips})
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.4g}", img_s=f"{ips:,.0f}")
+                self.progress.window(self.step, mean_loss, lr)
                 window_loss.zero_()
                 window_start, window_steps = now, 0
             if cut:  # train.max_steps: the epoch in progress ends here
@@ -239,7 +248,7 @@ class Trainer:
         if self.dist.device.type == "cuda":
             torch.cuda.synchronize(self.dist.device)
         seconds = time.perf_counter() - start
-        bar.close()
+        self.progress.end_epoch()
         epoch_loss = dist_lib.all_reduce_sum(epoch_loss) / (done * self.dist.world_size)
         self.train_seconds += seconds
         record = {"train_loss": epoch_loss.item(), "epoch_time_s": seconds,
@@ -355,6 +364,7 @@ class Trainer:
         return summary
 
     def write_summary(self, summary: dict) -> None:
+        self.tensorboard.close()  # every end of a run writes a summary
         if self.main:
             write_text_atomic(self.run_dir / "summary.json", json_text(summary, indent=2) + "\n")
 
@@ -383,4 +393,5 @@ class Trainer:
             "cuda_graph": self.runtime.cuda_graph,
             "channels_last": self.runtime.channels_last,
             "torch": torch.__version__,
+            "torch_threads": self.threads.count,
         }
