@@ -117,9 +117,7 @@ def test_the_command_dispatches_and_refuses_an_unknown_command_in_one_line(capsy
     from fastcifar import cli
 
     assert cli.main(["recipes"]) == 0 and "fast/resnet20" in capsys.readouterr().out.split()
-    with pytest.raises(SystemExit) as stopped:
-        cli.main(["bench", "report", "--help"])
-    assert stopped.value.code == 0 and "usage: report.py" in capsys.readouterr().out
+    assert cli.main(["bench", "report", "--help"]) == 0 and "usage: report.py" in capsys.readouterr().out
     assert cli.main(["bench", "nonsense"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastcifar: error: unknown command 'bench nonsense'") and err.count("\n") == 1
