@@ -187,7 +187,7 @@ def drive(args) -> str | None:
                 left = deadline - now
                 if term_at is None and (stop.signal_name or left <= 0):
                     reason, term_at = (f"signal {stop.signal_name}" if stop.signal_name else "deadline"), now
-                    log(f"stopping {len(running)} run(s) ({reason}); they save a checkpoint after the epoch")
+                    log(f"stopping {len(running)} run(s) ({reason}); they save a checkpoint at their next step")
                     for r in running:
                         r.proc.send_signal(signal.SIGTERM)
                 if term_at is not None and now >= term_at + args.grace:
