@@ -1,4 +1,4 @@
-"""Train a CIFAR ResNet: python run.py CONFIG [--section.key=value ...] [--resume]
+"""Train a CIFAR ResNet: python run.py CONFIG [--section.key=value ...] [--resume[=auto]]
 
 Under several GPUs or nodes: torchrun --nproc_per_node=8 run.py configs/resnet1202.yml
 The same as `fastcifar train CONFIG ...` (fastcifar/cli.py).

@@ -1,6 +1,6 @@
 """The `fastcifar` command: train a recipe, evaluate weights or a run, run a benchmark.
 
-    fastcifar train resnet56 [--section.key=value ...] [--resume]
+    fastcifar train resnet56 [--section.key=value ...] [--resume[=auto]]
     fastcifar evaluate --model cifar10_resnet56 --pretrained --data.root DIR
     fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights|cpu_side_by_side [...]
     fastcifar recipes
@@ -14,14 +14,17 @@ import importlib
 import os
 import sys
 
-TRAIN_USAGE = """usage: {prog} CONFIG [--section.key=value ...] [--resume]
+TRAIN_USAGE = """usage: {prog} CONFIG [--section.key=value ...] [--resume[=auto]]
 
 Trains the model that CONFIG describes: a YAML file, or a shipped recipe by name (resnet56,
 fast/resnet56; `fastcifar recipes` lists them). Each --section.key=value overrides one key.
---resume continues train.run_dir from its newest readable checkpoint.
---train.max_steps=N cuts the run short after N optimizer steps (a smoke test).
-SIGTERM or Ctrl-C stops the run after the current epoch, with a checkpoint saved. A second
-Ctrl-C stops at once. Exit status: 0 finished (or cut short by train.max_steps), 2 bad input,
+--resume continues train.run_dir from its newest readable checkpoint, mid-epoch ones included,
+exactly where it stopped; --resume=auto does so when there is one and else starts afresh (a
+requeued job re-running its command).
+--train.max_steps=N cuts the run short after N optimizer steps (a smoke test), with a checkpoint.
+SIGTERM or Ctrl-C stops the run at the next step (under torchrun within train.log_every steps),
+with a checkpoint of that state; train.checkpoint_minutes writes a recovery checkpoint within
+an epoch against a kill -9. A second Ctrl-C stops at once. Exit status: 0 finished (or cut short by train.max_steps), 2 bad input,
 3 stopped by a signal (resume it), 4 diverged (NaN or infinite loss), 130 a second Ctrl-C.
 train.run_dir/summary.json says how a run ended ("status": finished, cut_short, stopped or
 diverged) and is absent while it runs or after a crash; under torchrun, which exits 1 when it
@@ -49,17 +52,19 @@ def train(argv: list[str], prog: str = "fastcifar train") -> int:
         print(TRAIN_USAGE.format(prog=prog) + config.help_text(shown))
         return 0 if argv else 2
     path, rest = argv[0], argv[1:]
-    overrides = ["--train.resume=true" if a == "--resume" else a for a in rest]
+    overrides = ["--train.resume=true" if a == "--resume" else
+                 "--train.resume=" + a.partition("=")[2] if a.startswith("--resume=") else a for a in rest]
     try:
         cfg = config.load(path, overrides, world_size=distributed.world_size_from_env())
         from fastcifar.training import Trainer
 
-        summary = Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+        summary = trainer.fit()
         distributed.cleanup(finished=True)
         if summary["status"] == "stopped":
             if distributed.rank_from_env() == 0:
-                stderr_line(f"{prog}: stopped after epoch {summary['epochs']}/{cfg.train.epochs} with a "
-                            f"checkpoint in {cfg.train.run_dir}; continue with --resume")
+                stderr_line(f"{prog}: {stopped_line(summary, cfg.train.epochs, trainer.stop_signalled_at)} "
+                            f"with a checkpoint in {cfg.train.run_dir}; continue with --resume")
             return STOPPED_EXIT
     except Diverged as e:
         if distributed.rank_from_env() == 0:  # every rank stops at the same step: one says so
@@ -90,6 +95,17 @@ def pipe_safe(command, *args) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0  # the reader took what it wanted
+
+
+def stopped_line(summary: dict, epochs: int, signalled_at: float | None) -> str:
+    """Where a stopped run stopped, and the seconds from the signal to here (the exit)."""
+    import time
+
+    where = (f"stopped in epoch {summary['epochs'] + 1}/{epochs} at its step {summary['epoch_step']}"
+             if summary["epoch_step"] else f"stopped after epoch {summary['epochs']}/{epochs}")
+    if signalled_at is None:  # another rank was signalled
+        return f"{where} (step {summary['steps']}), as another rank was signalled,"
+    return f"{where} (step {summary['steps']}), {time.monotonic() - signalled_at:.1f} s after the signal,"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,11 +116,16 @@ class TrainConfig:
     max_steps: int = _key(0, "cut the run short after this many optimizer steps in all, e.g. a smoke run (0: no limit)")
     eval_every: int = _key(1, "epochs between evaluations; the last epoch is always evaluated")
     checkpoint_every: int = _key(10, "epochs between checkpoints; the last and a stopped epoch are always saved")
+    checkpoint_minutes: float = _key(
+        10.0, "minutes between mid-epoch recovery checkpoints (the newest one kept), the most a kill -9 "
+        "loses; 0: off")
     keep_checkpoints: int = _key(0, "keep only the newest N checkpoints; 0 keeps all")
     log_every: int = _key(50, "steps between host syncs for logging")
     run_dir: str = _key(RUN_DIR, "where config, metrics, checkpoints and summary are written; {model.name} "
                         "(any {section.key}) is replaced by that key's value")
-    resume: bool = _key(False, "continue run_dir from its latest checkpoint (run.py --resume)")
+    resume: Literal["false", "true", "auto"] = _key(
+        "false", "continue run_dir from its newest readable checkpoint (run.py --resume); auto: when it "
+        "holds one, else start fresh (a requeued job)")
     progress: bool = _key(True, "rank 0: a progress bar on a terminal, else a line every log_every steps")
     threads: int = _key(0, "torch's intra-op CPU threads; 0: OMP_NUM_THREADS when set, else this process's "
                            "share of the usable CPUs, less those other processes keep busy at the start")
@@ -346,6 +351,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(t.max_steps >= 0, "train.max_steps", "an integer >= 0 (0: no limit)")
     need(t.keep_checkpoints >= 0, "train.keep_checkpoints", "an integer >= 0 (0 keeps all)")
     need(t.log_every > 0, "train.log_every", "an integer > 0")
+    need(t.checkpoint_minutes >= 0, "train.checkpoint_minutes", "minutes >= 0 (0: off)")
     need(t.run_dir != "", "train.run_dir", "a directory path")
     need(t.threads >= 0, "train.threads", "an integer >= 0 (0: sized to the usable CPUs)")
 

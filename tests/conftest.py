@@ -114,6 +114,22 @@ def tiny_config(root: Path, run_dir: Path, world_size: int = 1, **extra) -> conf
     return config_lib.load(REPO / "configs" / "resnet20.yml", tiny_overrides(root, run_dir, **extra), world_size)
 
 
+def final_weights(run_dir: Path) -> dict:
+    """The model state of a run directory's newest checkpoint."""
+    from fastcifar.training import checkpoint as ckpt
+
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Bit-identical state dicts."""
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 @pytest.fixture
 def single_process_group(tmp_path):
     """A gloo group of one process, for DDP wrappers and collectives in-process."""

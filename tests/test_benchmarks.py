@@ -299,13 +299,13 @@ def test_time_to_accuracy_a_signal_in_a_runs_last_epoch_ends_the_script(tmp_path
 
     from fastcifar.training.trainer import Trainer
 
-    train_epoch = Trainer.train_epoch
+    evaluate = Trainer.evaluate
 
-    def signalled_epoch(self):
+    def signalled_evaluation(self):  # after the run's last step: a signal there stops no step
         os.kill(os.getpid(), signal.SIGTERM)
-        return train_epoch(self)
+        return evaluate(self)
 
-    monkeypatch.setattr(Trainer, "train_epoch", signalled_epoch)
+    monkeypatch.setattr(Trainer, "evaluate", signalled_evaluation)
     before = signal.getsignal(signal.SIGTERM)
     assert time_to_accuracy.main(tiny_tta_args(tmp_path, "--seeds", "2", "--epochs", "1")) == 3
     err = capsys.readouterr().err

@@ -11,6 +11,8 @@ import torch
 import torch.multiprocessing as mp
 from conftest import REPO, free_port, tiny_overrides
 
+from fastcifar.training import checkpoint as ckpt
+
 pytestmark = pytest.mark.slow
 
 
@@ -127,8 +129,9 @@ def test_sigterm_to_torchrun_leaves_a_stopped_marker_and_no_traceback_of_ours(sy
     err = (tmp_path / "stderr.txt").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["finished"], summary["world_size"]) == ("stopped", False, 2), err[-3000:]
-    assert (run_dir / f"checkpoint_epoch{summary['epochs']:04d}.pt").is_file()
-    assert err.count("run.py: stopped after epoch") == 1
+    # within train.log_every steps, mid-epoch or at an epoch's end
+    assert ckpt.checkpoint_path(run_dir, summary["epochs"], summary["epoch_step"]).is_file()
+    assert err.count("run.py: stopped ") == 1
     project_frames = [line for line in err.splitlines()
                       if line.strip().startswith("File ") and (str(REPO) in line or '"run.py"' in line)]
     assert not project_frames, err[-3000:]

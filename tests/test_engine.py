@@ -270,8 +270,8 @@ class ListLoader:
     def __len__(self):
         return len(self.data)
 
-    def set_epoch(self, epoch):
-        self.epochs.append(epoch)
+    def set_epoch(self, epoch, start=0):
+        self.epochs.append((epoch, start))
 
 
 def test_prefetch_on_cpu_hands_the_loaders_batches_through(synthetic_root, tmp_path):
@@ -286,7 +286,8 @@ def test_prefetch_on_cpu_hands_the_loaders_batches_through(synthetic_root, tmp_p
     wrapped = prefetch(inner, CPU)
     assert isinstance(wrapped, Prefetcher) and wrapped.stream is None and len(wrapped) == 3
     wrapped.set_epoch(4)
-    assert inner.epochs == [4]
+    wrapped.set_epoch(5, 2)
+    assert inner.epochs == [(4, 0), (5, 2)]
     assert all(a is c and b is d for (a, b), (c, d) in zip(wrapped, inner.data))
     cfg = tiny_config(synthetic_root, tmp_path / "run")
     data = load_cifar("cifar10", str(synthetic_root), "train", False)

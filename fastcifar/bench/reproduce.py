@@ -93,7 +93,7 @@ def plan(args, depth: int, seed: int) -> Run:
         if str(actual) != str(value):  # an override may repeat these values, not contradict them
             raise ConfigError(f"{key} is {actual!r} (from {config} or an override), "
                               f"but {option} makes it {str(value)!r}")
-    if cfg.train.resume:
+    if cfg.train.resume != "false":
         raise ConfigError("train.resume: reproduce.py resumes runs from their checkpoints itself")
     saved = run_dir / "config.yaml"  # a run of an earlier call: it must be this recipe
     if saved.is_file() and (change := config_lib.recipe_change(yaml.safe_load(saved.read_text()) or {}, cfg)):
@@ -187,7 +187,7 @@ def drive(args) -> str | None:
                 left = deadline - now
                 if term_at is None and (stop.signal_name or left <= 0):
                     reason, term_at = (f"signal {stop.signal_name}" if stop.signal_name else "deadline"), now
-                    log(f"stopping {len(running)} run(s) ({reason}); they save a checkpoint after the epoch")
+                    log(f"stopping {len(running)} run(s) ({reason}); they save a checkpoint at their next step")
                     for r in running:
                         r.proc.send_signal(signal.SIGTERM)
                 if term_at is not None and now >= term_at + args.grace:

@@ -2,7 +2,9 @@
 
 A loader is an iterable of ``(images, labels)``: images float on the training device, normalised,
 NCHW (channels_last memory format when configured), in the agreed dtype; labels int64 on the same
-device. It has ``len()`` (batches per epoch on this rank) and ``set_epoch(epoch)``. Train loaders
+device. It has ``len()`` (batches per epoch on this rank) and ``set_epoch(epoch, start=0)``: the
+next iteration yields that epoch's batches from step ``start`` on, the same ones as an unbroken
+epoch (a run resumed mid-epoch). Train loaders
 shuffle with (seed, epoch) and give every rank the same number of full batches; eval loaders give
 every image exactly once over all ranks, the last batch possibly partial.
 """
@@ -26,7 +28,7 @@ class Loader(Protocol):
 
     def __len__(self) -> int: ...
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -202,12 +202,14 @@ class DaliLoader(EpochPlan):
                               "this DALI version schedules differently; use --loader.dali_prefetch=0")
 
     def runs(self, n: int) -> list[list[int]]:
-        """The epoch's steps (n images) grouped into pipeline runs of at most K batches of one size
-        each: the eval split's partial last batch runs alone."""
+        """The epoch's steps from self.start on (n images in the whole epoch) grouped into pipeline
+        runs of at most K batches of one size each: the eval split's partial last batch runs alone."""
         s = self.spec
         sizes = [min(s.batch_size, n - k * s.batch_size) for k in range(self.steps)]
         runs: list[list[int]] = []
         for step, size in enumerate(sizes):
+            if step < self.start:  # resumed mid-epoch: runs begin at the start step
+                continue
             if runs and len(runs[-1]) < self.per_run and sizes[runs[-1][0]] == size:
                 runs[-1].append(step)
             else:

@@ -49,18 +49,24 @@ def index_tensor(indices: list[int], device: torch.device) -> torch.Tensor:
 
 class EpochPlan:
     """The batches of one rank in one epoch, shared by every backend: how many steps, in which
-    order. Train: shuffled by (seed, epoch), full batches only. Eval: in order, last batch partial."""
+    order. Train: shuffled by (seed, epoch), full batches only. Eval: in order, last batch partial.
+    An epoch may start at a step (a run resumed mid-epoch): the batches before it are skipped,
+    the rest are the ones an unbroken epoch yields, as each is keyed by its step."""
 
     def __init__(self, spec):
-        self.spec, self.epoch = spec, 0
+        self.spec, self.epoch, self.start = spec, 0, 0
         n = len(spec.data)
         if spec.train:
             self.steps = train_steps(n, spec.batch_size, spec.world_size)
         else:
             self.steps = -(-len(eval_indices(n, spec.rank, spec.world_size)) // spec.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The next iteration yields the epoch's batches from step `start` on (len() stays the
+        epoch's whole count)."""
+        if not 0 <= start <= self.steps:
+            raise ValueError(f"start step {start} is outside an epoch of {self.steps} steps")
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return self.steps

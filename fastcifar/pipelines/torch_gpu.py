@@ -110,7 +110,7 @@ class TorchGpuLoader(EpochPlan):
         s = self.spec
         order = index_tensor(self.order(), self.device)  # one upload per epoch, sliced on the device
         generator = torch.Generator(device=self.device) if s.train else None
-        for step in range(self.steps):
+        for step in range(self.start, self.steps):
             idx = order[step * s.batch_size:(step + 1) * s.batch_size]
             if generator is not None:
                 generator.manual_seed(self.key(step))

@@ -59,7 +59,7 @@ class EpochBatchSampler(EpochPlan, Sampler):
 
     def __iter__(self):
         indices, size = self.order(), self.spec.batch_size
-        for step in range(self.steps):
+        for step in range(self.start, self.steps):
             yield self.key(step), indices[step * size:(step + 1) * size]
 
 
@@ -79,8 +79,8 @@ class TorchvisionLoader:
             generator=torch.Generator().manual_seed(spec.seed),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
 
     def __len__(self) -> int:
         return len(self.sampler)

@@ -1,4 +1,10 @@
-"""Checkpoints: written atomically, free of DDP/compile prefixes, loaded with weights_only=True."""
+"""Checkpoints: written atomically, free of DDP/compile prefixes, loaded with weights_only=True.
+
+Two kinds, told apart by name: ``checkpoint_epochNNNN.pt`` after NNNN whole epochs, and
+``checkpoint_midepochNNNN_stepSSSSSS.pt`` after NNNN whole epochs and SSSSSS steps of the next
+(a stop by signal, a recovery checkpoint by time, the end of a run cut short by train.max_steps).
+At most one mid-epoch file is kept: each checkpoint written removes the older ones.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from fastcifar.errors import CheckpointError
 from fastcifar.files import fsync_dir
 
 _PREFIXES = ("module.", "_orig_mod.")
-_NAME = re.compile(r"checkpoint_epoch(\d+)\.pt$")
+_NAME = re.compile(r"checkpoint_(?:epoch(\d+)|midepoch(\d+)_step(\d+))\.pt$")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -108,20 +114,35 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         # torch's first line can run to hundreds of characters (zip internals): the cause's gist
         detail = (str(e).splitlines() or [""])[0]
         detail = detail if len(detail) <= 100 else detail[:97] + "..."
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {detail})") from None
+        raise CheckpointError(f"checkpoint {path} could not be read: truncated or not a checkpoint "
+                              f"({type(e).__name__}: {detail})") from None
     if isinstance(state, dict) and "rng" in state:
         state["rng"]["python"] = _python_rng_tuple(state["rng"]["python"])
     return state
 
 
-def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+def checkpoint_path(run_dir: str | Path, epoch: int, epoch_step: int = 0) -> Path:
+    """The file for a state after `epoch` whole epochs and `epoch_step` steps of the next."""
+    if epoch_step:
+        return Path(run_dir) / f"checkpoint_midepoch{epoch:04d}_step{epoch_step:06d}.pt"
     return Path(run_dir) / f"checkpoint_epoch{epoch:04d}.pt"
 
 
+def position(path: str | Path) -> tuple[int, int] | None:
+    """(whole epochs, steps of the next) that a checkpoint's name says it holds, else None."""
+    m = _NAME.search(Path(path).name)
+    if m is None:
+        return None
+    return (int(m.group(1)), 0) if m.group(1) is not None else (int(m.group(2)), int(m.group(3)))
+
+
+def _positioned(run_dir: str | Path) -> list[tuple[tuple[int, int], Path]]:
+    return sorted((pos, p) for p in Path(run_dir).glob("checkpoint_*.pt") if (pos := position(p)))
+
+
 def checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(epoch, path) of every checkpoint in run_dir, oldest first."""
-    return sorted((int(m.group(1)), p) for p in Path(run_dir).glob("checkpoint_epoch*.pt")
-                  if (m := _NAME.search(p.name)))
+    """(whole epochs, path) of every checkpoint in run_dir, mid-epoch ones included, oldest first."""
+    return [(pos[0], path) for pos, path in _positioned(run_dir)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -130,13 +151,47 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def latest_epoch(run_dir: str | Path) -> int | None:
+    """The whole epochs the newest checkpoint holds."""
     found = checkpoints(run_dir)
     return found[-1][0] if found else None
 
 
+def remove_older_midepoch(run_dir: str | Path, newest: Path) -> None:
+    """After writing `newest`: a mid-epoch checkpoint older than it is of no more use."""
+    limit = position(newest)
+    for pos, path in _positioned(run_dir):
+        if pos[1] and pos < limit:
+            path.unlink(missing_ok=True)
+
+
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints (keep 0: delete none)."""
+    """Delete all but the newest `keep` whole-epoch checkpoints (keep 0: delete none)."""
     if keep <= 0:
         return
-    for _epoch, path in checkpoints(run_dir)[:-keep]:
+    whole = [path for pos, path in _positioned(run_dir) if not pos[1]]
+    for path in whole[:-keep]:
         path.unlink(missing_ok=True)
+
+
+def gather_buffers(model: nn.Module, world_size: int) -> torch.Tensor | None:
+    """Every rank's floating-point buffers (BN running statistics), one float64 row per rank, on
+    the CPU; None alone. Ranks' buffers drift apart between averagings (DDP does not sync them),
+    so a mid-epoch checkpoint keeps each rank's own for an exact resume. A collective: every rank
+    calls it."""
+    if world_size <= 1:
+        return None
+    bufs = [b.detach().reshape(-1).to(torch.float64) for b in unwrap(model).buffers() if b.is_floating_point()]
+    flat = torch.cat(bufs)
+    rows = [torch.empty_like(flat) for _ in range(world_size)]
+    torch.distributed.all_gather(rows, flat)
+    return torch.stack(rows).cpu()
+
+
+def set_buffers(model: nn.Module, row: torch.Tensor) -> None:
+    """Loads one rank's row of gather_buffers() back into the model's floating-point buffers."""
+    offset = 0
+    with torch.no_grad():
+        for b in unwrap(model).buffers():
+            if b.is_floating_point():
+                b.copy_(row[offset:offset + b.numel()].view(b.shape).to(b.dtype))
+                offset += b.numel()

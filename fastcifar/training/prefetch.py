@@ -23,8 +23,8 @@ class Prefetcher:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.loader.set_epoch(epoch, start)
 
     def __getattr__(self, name):  # anything else a backend offers (e.g. its spec)
         if name == "loader":

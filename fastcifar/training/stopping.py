@@ -1,12 +1,15 @@
 """Stopping a run cleanly: SIGTERM (a scheduler's preemption, a time limit) or Ctrl-C asks the
-trainer to stop at the end of the current epoch, after saving a checkpoint, so that ``--resume``
-loses nothing. A second Ctrl-C stops at once, as Python normally does."""
+trainer to stop at the next step it polls (every step alone; under DDP every train.log_every
+steps, where the ranks already exchange the loss), after saving a checkpoint of that exact state,
+so that ``--resume`` loses nothing. A second Ctrl-C stops at once, as Python normally does.
+RecoveryClock says when a mid-epoch recovery checkpoint is due (train.checkpoint_minutes)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+import time
 
 import torch
 
@@ -24,9 +27,11 @@ class GracefulStop:
     Only the main thread can install signal handlers; elsewhere (e.g. a notebook's worker thread)
     the signals keep their usual effect."""
 
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool = True, when: str = "at the next step"):
         self.signal_name: str | None = None
+        self.signalled_at: float | None = None  # time.monotonic() of the first signal
         self.announce = announce  # rank 0 says what happens; the other ranks stay quiet
+        self.when = when  # where the trainer looks at the flag, for the announcement
         self._previous: dict = {}
         self._pid = os.getpid()
 
@@ -50,17 +55,35 @@ class GracefulStop:
             # but stopping is the main process's decision (it shuts its workers down)
             return
         first = self.signal_name is None
+        if first:
+            self.signalled_at = time.monotonic()
         self.signal_name = signal.Signals(signum).name
         if signal.SIGINT in self._previous and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: stop now
         if first and self.announce:
-            stderr_line(f"\n{self.signal_name}: stopping after this epoch with a checkpoint "
+            stderr_line(f"\n{self.signal_name}: stopping {self.when} with a checkpoint "
                         "(Ctrl-C again to stop at once)")
 
     def requested(self, device: torch.device) -> bool:
-        """Whether any rank was signalled: every rank must stop after the same epoch, or the
-        others would wait for it forever in the next collective."""
+        """Whether any rank was signalled: every rank must stop at the same step, or the others
+        would wait for it forever in the next collective. Under DDP a collective and a host sync:
+        the step loop folds the flag into its loss all-reduce instead."""
         if not torch.distributed.is_initialized():  # alone: no tensor, no host sync
             return self.signal_name is not None
         flag = torch.tensor(1.0 if self.signal_name else 0.0, device=device)
         return bool(dist_lib.all_reduce_sum(flag).item() > 0)
+
+
+class RecoveryClock:
+    """When a mid-epoch recovery checkpoint is due: `minutes` after the last checkpoint of any
+    kind (0: never). Reading it is one monotonic clock read, cheap enough for every step."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.reset()
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return self.seconds > 0 and time.monotonic() - self.last >= self.seconds

@@ -34,7 +34,7 @@ from fastcifar.training.graph import build_train_step
 from fastcifar.training.prefetch import prefetch
 from fastcifar.training.progress import Progress, start_line
 from fastcifar.training.schedule import LRSchedule
-from fastcifar.training.stopping import GracefulStop
+from fastcifar.training.stopping import GracefulStop, RecoveryClock
 from fastcifar.training.tensorboard_log import TensorBoardLog
 from fastcifar.pipelines import build_loader
 from fastcifar.threads import apply_torch_threads, loader_threads
@@ -95,6 +95,9 @@ class Trainer:
         self.schedule = LRSchedule(cfg.optim, cfg.schedule, len(self.train_loader), cfg.train.epochs)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer updates completed
+        self.epoch_step = 0  # steps done of the epoch in progress (a mid-epoch checkpoint's)
+        self.epoch_loss_before = 0.0  # that epoch's loss sum before a mid-epoch resume, over ranks
+        self.stop_signalled_at = None  # time.monotonic() of a stop signal to this process
         self.train_seconds = 0.0
         self.first_step_seconds = None  # of this process: compile time shows here
         self._prepare_run_dir()
@@ -127,7 +130,14 @@ class Trainer:
 
     def _prepare_run_dir(self) -> None:
         latest = ckpt.latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
-        if self.cfg.train.resume:
+        mode = self.cfg.train.resume
+        if mode == "auto":  # a requeued job runs the same command: continue when there is a run
+            if latest is None:
+                self._refuse_another_recipe(self.run_dir / "config.yaml")
+            resume = latest is not None
+        else:
+            resume = mode == "true"
+        if resume:
             if latest is None:
                 raise ConfigError(f"train.resume: no checkpoint to resume from in {self.run_dir}")
             latest, state = self._newest_readable_checkpoint()
@@ -136,7 +146,10 @@ class Trainer:
                 raise ConfigError(f"train.resume: {latest} was trained with another recipe ({change}); "
                                   "resume with its settings, or start a new --train.run_dir")
             self.load_state(state)
-            self.log_event({"event": "resume", "checkpoint": latest.name, "epoch": self.epoch, "step": self.step})
+            self.log_event({"event": "resume", "checkpoint": latest.name, "epoch": self.epoch,
+                            "epoch_step": self.epoch_step, "step": self.step})
+            if self.main:
+                print(f"resuming from {latest.name}: {self._position()}", flush=True)
             name = f"config.resume-epoch{self.epoch:04d}.yaml"
         else:
             if latest is not None:
@@ -150,36 +163,65 @@ class Trainer:
             (self.run_dir / "summary.json").unlink(missing_ok=True)
             config_lib.save(self.cfg, self.run_dir / name)
 
+    def _position(self) -> str:
+        """Where training continues, in the words of the resume line."""
+        cfg = self.cfg.train
+        if self.epoch >= cfg.epochs:
+            return f"all {cfg.epochs} epochs done (step {self.step})"
+        return (f"continuing at epoch {self.epoch + 1}/{cfg.epochs}, step {self.epoch_step}/"
+                f"{len(self.train_loader)} of it (step {self.step} in all)")
+
+    def _refuse_another_recipe(self, saved: Path) -> None:
+        """train.resume=auto in a run directory with no checkpoint: starting afresh there is right
+        for this recipe's run killed before its first checkpoint, wrong for another recipe's."""
+        try:
+            tree = config_lib.yaml.safe_load(saved.read_text()) if saved.is_file() else None
+        except (OSError, config_lib.yaml.YAMLError):
+            tree = None
+        change = config_lib.recipe_change(tree, self.cfg) if isinstance(tree, dict) else None
+        if change is not None:
+            raise ConfigError(f"train.resume: {self.run_dir} holds a run of another recipe ({saved.name}: "
+                              f"{change}); start it in another --train.run_dir")
+
     def _newest_readable_checkpoint(self) -> tuple[Path, dict]:
         """The newest checkpoint that loads, warning of each newer one skipped (truncated by a full
         disk, a copy cut off). Loaded to CPU, whatever the device: the RNG states must stay CPU
         tensors, and load_state puts weights and optimizer state where the model lives."""
+        found = [path for _epoch, path in reversed(ckpt.checkpoints(self.run_dir))]
         skipped = []
-        for _epoch, path in reversed(ckpt.checkpoints(self.run_dir)):
+        for k, path in enumerate(found):
             try:
                 state = ckpt.load_checkpoint(path, map_location="cpu")
             except CheckpointError as e:
                 skipped.append(path.name)
-                if self.main:
-                    stderr_line(f"warning: {e}; skipped, resuming from an older checkpoint")
+                if self.main and k + 1 < len(found):  # an older one is promised only where there is one
+                    stderr_line(f"warning: {e}; skipped, trying the older {found[k + 1].name}")
                 continue
             return path, state
         raise CheckpointError(f"train.resume: no readable checkpoint in {self.run_dir} "
-                              f"({', '.join(reversed(skipped))} could not be read); start a new "
+                              f"({', '.join(reversed(skipped))}: truncated or not checkpoints); start a new "
                               "--train.run_dir, or restore one of them")
 
     # ---- state -------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
+    def state_dict(self, epoch_loss: float = 0.0, rank_buffers: torch.Tensor | None = None) -> dict:
+        """epoch_loss: the loss sum over ranks of the epoch's steps so far; rank_buffers: every
+        rank's BN statistics (ckpt.gather_buffers); both for a mid-epoch checkpoint."""
+        state = {
             "model": ckpt.model_state(self.model),
             "optimizer": self.step_fn.state_dict(),
             "scaler": self.step_fn.scaler.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "epoch_step": self.epoch_step,
+            "epoch_loss": epoch_loss,
+            "world_size": self.dist.world_size,
             "train_seconds": self.train_seconds,
             "rng": ckpt.rng_state(),
             "config": config_lib.to_dict(self.cfg),
         }
+        if rank_buffers is not None:
+            state["rank_buffers"] = rank_buffers
+        return state
 
     def load_state(self, state: dict) -> None:
         ckpt.load_model_state(self.model, state["model"])
@@ -187,14 +229,42 @@ class Trainer:
         if state["scaler"]:  # empty when saved without fp16; an enabled GradScaler refuses an empty state
             self.step_fn.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.epoch_step = state.get("epoch_step", 0)  # absent: written before mid-epoch checkpoints
+        self.epoch_loss_before = state.get("epoch_loss", 0.0)
         self.train_seconds = state.get("train_seconds", 0.0)
         ckpt.set_rng_state(state["rng"])
+        steps, world = len(self.train_loader), self.dist.world_size
+        if self.epoch_step >= steps:
+            raise CheckpointError(f"train.resume: the checkpoint is at step {self.epoch_step} of an epoch, "
+                                  f"which has {steps} steps here; resume with its train.batch_size and world size")
+        saved_world = state.get("world_size", world)
+        if "rank_buffers" in state and saved_world == world:
+            ckpt.set_buffers(self.model, state["rank_buffers"][self.dist.rank])
+        elif self.epoch_step and saved_world != world and self.main:
+            stderr_line(f"warning: the checkpoint was written mid-epoch by {saved_world} process(es), resumed by "
+                        f"{world}: the rest of epoch {self.epoch + 1} shards the images otherwise, so this "
+                        "run is no longer the unbroken one")
 
     def save_checkpoint(self) -> None:
+        """At the end of an epoch: BN statistics averaged over ranks, as evaluation sees them."""
         average_buffers(self.model, self.dist.world_size)
         if self.main:
-            ckpt.save_checkpoint(ckpt.checkpoint_path(self.run_dir, self.epoch), self.state_dict())
+            path = ckpt.checkpoint_path(self.run_dir, self.epoch)
+            ckpt.save_checkpoint(path, self.state_dict())
             ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+            ckpt.remove_older_midepoch(self.run_dir, path)
+
+    def save_midepoch_checkpoint(self, epoch_loss: float) -> Path:
+        """Inside an epoch: the exact state, so that a resume continues as the unbroken run does.
+        Nothing is averaged (that would change the run), each rank's BN statistics are kept
+        instead. Called by every rank at the same step (a collective); rank 0 writes."""
+        self.check_weights()
+        buffers = ckpt.gather_buffers(self.model, self.dist.world_size)
+        path = ckpt.checkpoint_path(self.run_dir, self.epoch, self.epoch_step)
+        if self.main:
+            ckpt.save_checkpoint(path, self.state_dict(epoch_loss, buffers))
+            ckpt.remove_older_midepoch(self.run_dir, path)
+        return path
 
     # ---- logging -----------------------------------------------------------------------------
     def log_event(self, record: dict) -> None:
@@ -205,36 +275,46 @@ class Trainer:
             self.tensorboard.write(record)
 
     # ---- loop --------------------------------------------------------------------------------
-    def train_epoch(self) -> dict:
-        cfg, loader = self.cfg.train, self.train_loader
-        loader.set_epoch(self.epoch)
+    def train_epoch(self, stop: GracefulStop, clock: RecoveryClock) -> dict:
+        """The epoch in progress, from self.epoch_step on, to its end, to train.max_steps or to a
+        stop; "halt" in the record says which ("end", "cut", "stopped")."""
+        cfg, loader, device, world = self.cfg.train, self.train_loader, self.dist.device, self.dist.world_size
+        steps, first = len(loader), self.epoch_step
+        loader.set_epoch(self.epoch, first)
         self.train_model.train()
-        steps = len(loader)
-        window_loss = torch.zeros((), device=self.dist.device)
-        epoch_loss = torch.zeros((), device=self.dist.device)
+        window_loss = torch.zeros((), device=device)
+        # the steps before a mid-epoch resume count in the epoch's loss: their sum, shared over ranks
+        epoch_loss = torch.full((), self.epoch_loss_before / world, device=device)
+        self.epoch_loss_before = 0.0
         self.progress.start_epoch(self.epoch, self.step)
         start = window_start = time.perf_counter()
-        window_steps = done = 0
-        for i, (images, labels) in enumerate(loader):
+        window_steps, halt = 0, "end"
+        for i, (images, labels) in enumerate(loader, first):
             lr = self.schedule(self.step)
             self.step_fn.set_lr(lr)
             loss = self.step_fn(images, labels)
             if self.first_step_seconds is None:  # compile and autotuning land here: timed apart
-                if self.dist.device.type == "cuda":
-                    torch.cuda.synchronize(self.dist.device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 self.first_step_seconds = time.perf_counter() - start
             window_loss += loss
             epoch_loss += loss
             self.step += 1
+            self.epoch_step = i + 1
             window_steps += 1
-            done = i + 1
             self.progress.step()
             cut = self.step_limit_reached()
-            if (i + 1) % cfg.log_every == 0 or i + 1 == steps or cut:
+            # Alone, the stop flag and the recovery clock are read every step: plain Python reads,
+            # no host sync. Under DDP the ranks must agree, so they are read at the logging sync.
+            polled = world == 1 and (stop.signal_name is not None or clock.due())
+            if (i + 1) % cfg.log_every == 0 or i + 1 == steps or cut or polled:
                 # the one host sync per window; summed over ranks first, so that every rank sees
-                # the same loss and a divergence stops them all at the same step
-                window_loss = dist_lib.all_reduce_sum(window_loss)
-                mean_loss = (window_loss / (window_steps * self.dist.world_size)).item()
+                # the same loss and a divergence stops them all at the same step, and with it
+                # whether any rank was signalled or is due for a recovery checkpoint
+                flags = torch.tensor([stop.signal_name is not None, clock.due()], dtype=window_loss.dtype,
+                                     device=device)
+                total, signalled, due = dist_lib.all_reduce_sum(torch.cat([window_loss.reshape(1), flags])).tolist()
+                mean_loss = total / (window_steps * world)
                 self.check_finite("training loss", mean_loss)
                 now = time.perf_counter()
                 ips = window_steps * cfg.batch_size / (now - window_start)
@@ -243,18 +323,26 @@ class Trainer:
                 self.progress.window(self.step, mean_loss, lr)
                 window_loss.zero_()
                 window_start, window_steps = now, 0
+                if signalled:
+                    halt = "stopped"
+                    break
+                if due and not cut and i + 1 < steps:  # an epoch's end has its own checkpoint
+                    self.save_midepoch_checkpoint(dist_lib.all_reduce_sum(epoch_loss.clone()).item())
+                    clock.reset()
             if cut:  # train.max_steps: the epoch in progress ends here
+                halt = "cut"
                 break
-        if self.dist.device.type == "cuda":
-            torch.cuda.synchronize(self.dist.device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         self.progress.end_epoch()
-        epoch_loss = dist_lib.all_reduce_sum(epoch_loss) / (done * self.dist.world_size)
+        done = self.epoch_step - first  # by this process
+        loss_sum = dist_lib.all_reduce_sum(epoch_loss).item()
         self.train_seconds += seconds
-        record = {"train_loss": epoch_loss.item(), "epoch_time_s": seconds,
+        record = {"train_loss": loss_sum / (self.epoch_step * world), "epoch_time_s": seconds,
                   "images_per_s": done * cfg.batch_size / seconds}
         self.check_finite("training loss", record["train_loss"])
-        return {**record, "steps_done": done}
+        return {**record, "halt": halt, "loss_sum": loss_sum}
 
     def step_limit_reached(self) -> bool:
         return 0 < self.cfg.train.max_steps <= self.step
@@ -294,8 +382,10 @@ class Trainer:
         """Train to train.epochs, or to train.max_steps. on_epoch_end(record), if given, sees each
         epoch's record.
 
-        SIGTERM or Ctrl-C stops the run after the current epoch with a checkpoint saved; the
-        summary then says finished: false, status "stopped", and --resume continues it.
+        SIGTERM or Ctrl-C stops the run at the next step polled (every step alone, every
+        train.log_every steps under DDP) with a checkpoint of that exact state; the summary then
+        says finished: false, status "stopped", and --resume continues it as if unbroken. Within
+        an epoch a recovery checkpoint is written every train.checkpoint_minutes.
         stop_requested says whether a signal came at all, also one in the last epoch of a run
         that finished. A NaN or infinite loss raises Diverged after writing a summary with
         status "diverged"; no checkpoint of the diverged state is saved. summary.json is written
@@ -312,18 +402,26 @@ class Trainer:
                     cut = " (cut short at train.max_steps)" if self.epoch < cfg.epochs else ""
                     print(f"epoch {self.epoch}/{cfg.epochs}{cut}, done before this resume: test top-1 "
                           f"{last['top1']:.2f}%, top-5 {last['top5']:.2f}%", flush=True)
-            with GracefulStop(announce=self.main) as stop:
+            when = "at the next step" if self.dist.world_size == 1 else f"within {cfg.log_every} steps"
+            clock = RecoveryClock(cfg.checkpoint_minutes)
+            with GracefulStop(announce=self.main, when=when) as stop:
                 while self.epoch < cfg.epochs and not self.step_limit_reached():
-                    record = self.train_epoch()
-                    done = record.pop("steps_done")
-                    whole = done == len(self.train_loader)
+                    record = self.train_epoch(stop, clock)
+                    halt, loss_sum = record.pop("halt"), record.pop("loss_sum")
+                    steps = len(self.train_loader)
+                    whole = self.epoch_step == steps
+                    if halt == "stopped" and not whole:
+                        # mid-epoch: no evaluation, no epoch record; the exact state, and out
+                        self._stop(stop, self.save_midepoch_checkpoint(loss_sum))
+                        break
                     if whole:
                         self.epoch += 1
+                        self.epoch_step = 0
                     limited = self.step_limit_reached()
                     final = self.epoch == cfg.epochs or limited
                     if final or self.epoch % cfg.eval_every == 0:
                         record.update(self.evaluate())
-                    epoch = self.epoch if whole else self.epoch + done / len(self.train_loader)
+                    epoch = self.epoch if whole else self.epoch + self.epoch_step / steps
                     record.update(epoch=epoch, step=self.step, lr=self.schedule(self.step - 1),
                                   train_seconds=self.train_seconds,
                                   wall_seconds=time.perf_counter() - start)  # this process, eval included
@@ -337,18 +435,23 @@ class Trainer:
                         shown = self.epoch if whole else f"{epoch:.2f}"
                         print(f"epoch {shown}/{cfg.epochs}{cut}: loss {record['train_loss']:.4f}, "
                               f"{record['images_per_s']:,.0f} img/s{acc}", flush=True)
-                    stopping = not final and stop.requested(self.dist.device)
-                    # a partial epoch cannot be resumed from (a checkpoint holds whole epochs)
+                    # a signal during the evaluation counts too: asked on every rank
+                    stopping = not final and (halt == "stopped" or stop.requested(self.dist.device))
+                    saved = None
                     if whole and (final or stopping or self.epoch % cfg.checkpoint_every == 0):
                         self.check_weights()
                         self.save_checkpoint()
+                        saved = ckpt.checkpoint_path(self.run_dir, self.epoch)
+                    elif not whole:  # cut short by train.max_steps: its final state, for evaluate and the hub
+                        saved = self.save_midepoch_checkpoint(loss_sum)
+                    if saved is not None:
+                        clock.reset()
                     last = record
                     if limited:
                         self.log_event({"event": "cut_short", "max_steps": cfg.max_steps,
                                         "epoch": epoch, "step": self.step})
                     if stopping:
-                        self.log_event({"event": "stopped", "signal": stop.signal_name or "another rank's",
-                                        "epoch": self.epoch, "step": self.step})
+                        self._stop(stop, saved)
                         break
                 # asked once more, on every rank: a signal in the last epoch ends no run, but a caller
                 # that runs several (time_to_accuracy.py) must stop before the next
@@ -363,6 +466,14 @@ class Trainer:
         self.write_summary(summary)
         return summary
 
+    def _stop(self, stop: GracefulStop, saved: Path) -> None:
+        """Logs a stop, with the seconds from the signal (to this process) to its checkpoint."""
+        self.stop_signalled_at = stop.signalled_at
+        seconds = None if stop.signalled_at is None else time.monotonic() - stop.signalled_at
+        self.log_event({"event": "stopped", "signal": stop.signal_name or "another rank's",
+                        "epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
+                        "checkpoint": saved.name, "signal_to_checkpoint_s": seconds})
+
     def write_summary(self, summary: dict) -> None:
         self.tensorboard.close()  # every end of a run writes a summary
         if self.main:
@@ -375,7 +486,8 @@ class Trainer:
             "dataset": self.cfg.data.dataset,
             "loader": self.cfg.loader.name,
             "status": status,
-            "epochs": self.epoch,  # whole ones: a run cut short may have trained part of one more
+            "epochs": self.epoch,  # whole ones: a run cut short or stopped may have trained part of one more
+            "epoch_step": self.epoch_step,  # steps of that one
             "finished": status == "finished",
             "cut_short": status == "cut_short",
             "steps": self.step,
