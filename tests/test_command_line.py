@@ -13,5 +13,5 @@ def test_run_py_without_arguments_prints_usage_and_exits_2(monkeypatch, capsys):
         runpy.run_path(str(REPO / "run.py"), run_name="__main__")
     assert e.value.code == 2
     out, err = capsys.readouterr()
-    assert out.startswith("usage: run.py CONFIG [--section.key=value ...] [--resume]\n")
+    assert out.startswith("usage: run.py CONFIG [--section.key=value ...] [--resume[=auto]]\n")
     assert "optim.lr" in out and "Traceback" not in err
