@@ -8,7 +8,8 @@ Schema 2 holds several weights per model, as torchvision's multi-weight API want
 Each entry names its file (``<hub name>-<weight>-<first 8 hex of its sha256>.pt``, a plain fp32
 state dict), the file's full sha256, its source (``akamaster`` or this project's run), licence,
 parameter count, normalisation, recipe, and the CPU fp32 accuracy this project measured on the whole
-test set and on its first SUBSET images, with how it was measured. ``add_weight`` is the one writer:
+test set and on its first SUBSET images, with how it was measured ("measured": command, date, versions,
+and test_set_sha256, the digest of the test images and labels themselves, whatever layout they came in). ``add_weight`` is the one writer:
 the converter of third-party weights and the export of the project's runs both call it.
 """
 

@@ -177,6 +177,11 @@ def test_the_akamaster_weights_ship_with_their_facts_and_licence():
 @pytest.mark.parametrize("name, weight, entry", SHIPPED or NONE_SHIPPED)
 def test_shipped_weights_reach_their_recorded_accuracy_on_the_first_1000_test_images(name, weight, entry,
                                                                                       real_cifar_root):
+    from fastcifar.data import load_cifar
+    from fastcifar.manifest import data_digest
+
+    test = load_cifar("cifar10", real_cifar_root, "test")  # the figures were measured on these very images
+    assert data_digest(test.images, test.labels) == entry["measured"]["test_set_sha256"]
     model = hub.get_model(name, weights=weight)  # sha256 checked, strict load
     recorded = entry[f"test_first_{hub.SUBSET}"]
     measured = evaluate_model(model, real_cifar_root, limit=hub.SUBSET, mean=entry["mean"], std=entry["std"])
@@ -213,6 +218,7 @@ def test_torch_hub_loads_the_default_weights_strictly(name):
     by_name = torch.hub.load(str(REPO), name, source="local", trust_repo=True, weights=chosen.meta["name"])
     raw = torch.load(hub.WEIGHTS_DIR / chosen.meta["file"], weights_only=True)
     assert set(raw) == set(by_hub.state_dict())  # strict: no key left over on either side
+    assert hub.get_weight(f"{chosen.__class__.__name__}.{chosen.name}") is chosen
     for model in (by_hub, by_name):
         assert all(torch.equal(v, raw[k]) for k, v in model.state_dict().items())
 
