@@ -120,13 +120,13 @@ def resolve_weights(hub_name: str, weights=None, pretrained: bool = False,
     the default; None for a randomly initialised model. One line when none ship for the model."""
     if weights is None and not pretrained:
         return None
+    if isinstance(weights, WeightsEnum):  # by name: the module's enum and one read from weights_dir alike
+        if type(weights).__name__ != enum_name(hub_name):
+            raise HubError(f"weights={weights!r} are not {hub_name}'s (expected {enum_name(hub_name)})")
+        weights = weights.meta["name"]
     enum = weights_enum(hub_name, weights_dir)
     if not len(enum):
         raise HubError(f"no pretrained weights for {hub_name} in {weights_dir}: {NOT_YET}")
-    if isinstance(weights, WeightsEnum):  # by name: the module's enum and one read from weights_dir alike
-        if type(weights).__name__ != enum.__name__:
-            raise HubError(f"weights={weights!r} are not {hub_name}'s (expected {enum.__name__})")
-        weights = weights.meta["name"]
     return enum.verify("DEFAULT" if weights is None else weights)
 
 

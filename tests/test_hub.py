@@ -218,7 +218,8 @@ def test_torch_hub_loads_the_default_weights_strictly(name):
     by_name = torch.hub.load(str(REPO), name, source="local", trust_repo=True, weights=chosen.meta["name"])
     raw = torch.load(hub.WEIGHTS_DIR / chosen.meta["file"], weights_only=True)
     assert set(raw) == set(by_hub.state_dict())  # strict: no key left over on either side
-    assert hub.get_weight(f"{chosen.__class__.__name__}.{chosen.name}") is chosen
+    assert hub.get_weight(f"{type(chosen).__name__}.DEFAULT") is getattr(hub, type(chosen).__name__).DEFAULT
+    assert hub.get_weight(f"{type(chosen).__name__}.DEFAULT").meta["sha256"] == chosen.meta["sha256"]
     for model in (by_hub, by_name):
         assert all(torch.equal(v, raw[k]) for k, v in model.state_dict().items())
 
@@ -283,6 +284,7 @@ def test_a_runs_normalisation_ships_with_its_weights(exported, tmp_path, synthet
     tree = config_lib.to_dict(config_lib.Config())
     tree["augment"].update(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     path = ckpt.checkpoint_path(tmp_path / "run2", 200)
+    path.parent.mkdir()
     ckpt.save_checkpoint(path, {"model": model.state_dict(), "epoch": 200, "config": tree})
     entry = hub.export_weights(path, "cifar10_resnet20", synthetic_root, tmp_path / "w")
     assert (entry["mean"], entry["std"]) == ([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
