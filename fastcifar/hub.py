@@ -141,12 +141,6 @@ def get_model(name: str, pretrained: bool = False, weights=None, weights_dir: st
     return model
 
 
-def load_weights(name: str, weights_dir: str | Path = WEIGHTS_DIR, weight=None) -> tuple[dict, Path]:
-    """The state dict of `name`'s weight (default: the default one) and its file, sha256-checked."""
-    chosen = resolve_weights(name, weight, True, weights_dir)
-    return chosen.get_state_dict(), Path(chosen.meta["path"])
-
-
 def _entrypoint(name: str):
     def entry(pretrained: bool = False, weights=None, progress: bool = True, **kwargs) -> nn.Module:
         return get_model(name, pretrained, weights, progress=progress, **kwargs)

@@ -24,6 +24,11 @@ def source():
     return torch.load(RESNET20, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def renamed_by_hand(source: dict) -> dict:
+    """akamaster's keys renamed without the converter: DataParallel's prefix off, 'linear' is 'fc'."""
+    return {k.removeprefix("module.").replace("linear.", "fc."): v for k, v in source.items()}
+
+
 def as_akamaster(tmp_path, state, monkeypatch, name="resnet20-x.th"):
     """`state` saved as akamaster saves, and registered as the source's resnet20 file (its own sha256),
     so the checks after the sha256 one are reached."""
@@ -39,8 +44,7 @@ def test_the_published_file_converts_tensor_for_tensor(source):
     state = cw.convert(RESNET20, "akamaster", "resnet20")
     model = build_model("resnet20")
     model.load_state_dict(state, strict=True)
-    # the mapping written out by hand: DataParallel's prefix off, 'linear' is 'fc', nothing else renamed
-    expected = {k.removeprefix("module.").replace("linear.", "fc."): v for k, v in source.items()}
+    expected = renamed_by_hand(source)  # nothing else renamed
     assert set(state) == set(expected) | {k for k in state if k.endswith("num_batches_tracked")}
     assert all(torch.equal(state[k], v.float()) for k, v in expected.items())
     assert all(int(v) == 0 for k, v in state.items() if k.endswith("num_batches_tracked"))
@@ -86,7 +90,7 @@ def test_the_command_ships_weights_licence_and_manifest_entry(source, tmp_path, 
     assert entry["mean"] == [0.485, 0.456, 0.406] and entry["std"] == [0.229, 0.224, 0.225]
     assert entry["test"]["images"] == 200 and entry["measured"]["command"].startswith("convert_weights.py")  # synthetic
     model = hub.get_model("cifar10_resnet20", weights="akamaster", weights_dir=weights)
-    expected = {k.removeprefix("module.").replace("linear.", "fc."): v for k, v in source.items()}
+    expected = renamed_by_hand(source)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
     assert "cifar10_resnet20 akamaster -> cifar10_resnet20-akamaster-" in capsys.readouterr().out
 
