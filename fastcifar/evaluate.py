@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_data_root(tree: dict | None) -> str:
     """A run's data root, from its saved config (the one it trained on), else the default."""
-    root = ((tree or {}).get("data") or {}).get("root") if isinstance((tree or {}).get("data"), dict) else None
+    data = (tree or {}).get("data")
+    root = data.get("root") if isinstance(data, dict) else None
     return str(root) if root else DEFAULT_DATA_ROOT
 
 
