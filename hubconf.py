@@ -1,6 +1,6 @@
 """torch.hub entry points: torch.hub.load(REPO, "cifar10_resnet56", source="local", pretrained=True)."""
 
-dependencies = ["torch", "numpy", "yaml"]
+dependencies = ["torch", "torchvision", "numpy", "yaml"]
 
 from fastcifar.hub import (  # noqa: E402, F401
     cifar10_resnet20,

@@ -127,3 +127,70 @@ def test_one_device_resolution(monkeypatch, capsys, cifar100_root):
         resolve_device("gpu")
     code, _out, err = evaluate(capsys, "--checkpoint", "x.pt", "--data.root", cifar100_root, "--device", "cuda")
     assert code == 2 and err.startswith("evaluate: error: --device: 'cuda' needs CUDA") and err.count("\n") == 1
+
+
+def test_a_run_is_scored_on_its_own_data_root_unless_one_is_given(cifar100_root, tmp_path, capsys, monkeypatch):
+    cfg = run_config()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(cifar100_root)))
+    run_dir = save_run(tmp_path / "run", build_model("resnet8", num_classes=100), cfg, embed=False)
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    code, out, err = evaluate(capsys, "--checkpoint", run_dir, "--device", "cpu", "--json")
+    assert code == 0 and json.loads(out)["images"] == 60, err
+    code, _out, err = evaluate(capsys, "--checkpoint", run_dir, "--data.root", tmp_path / "elsewhere")
+    assert code == 2 and "elsewhere" in err and err.count("\n") == 1
+
+
+@pytest.fixture
+def shipped(synthetic_root, tmp_path):
+    """A weights folder shipping one resnet20 weight ('mine', CIFAR statistics), its manifest figure
+    measured by evaluate_model; the other hub models ship none."""
+    from fastcifar import hub
+
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    figure = evaluate_model(model, synthetic_root, mean=mean, std=std)
+    weights = tmp_path / "weights"
+    hub.add_weight(weights, "cifar10_resnet20", "mine", hub.plain_state(model), {
+        "model": "resnet20", "dataset": "cifar10", "source": "mine", "params": 269_722, "mean": list(mean),
+        "std": list(std), "test": figure})
+    return weights, figure
+
+
+def test_evaluate_without_a_weight_measures_every_shipped_one(shipped, synthetic_root, capsys):
+    from fastcifar import cli
+
+    weights, figure = shipped
+    args = ["--weights-dir", weights, "--data.root", synthetic_root, "--device", "cpu"]
+    code, out, err = evaluate(capsys, *args, "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["ok"] and len(printed["rows"]) == 6  # one weight, and a row per model without any
+    row = printed["rows"][0]
+    assert (row["model"], row["source"], row["params"], row["top1"], row["manifest_top1"], row["difference"]) == (
+        "cifar10_resnet20", "mine", 269_722, figure["top1"], figure["top1"], 0)
+    assert row["paper_error"] == 8.75 and printed["rows"][-1]["note"].startswith("not yet")
+    code, out, _err = evaluate(capsys, *args, "--weights", "all")
+    assert code == 0 and "| cifar10_resnet20 | mine | 269,722 |" in out and "| +0.00 | 8.75 |" in out
+    assert "| cifar10_resnet1202 | not yet: needs the project's own runs |" in out
+    assert cli.main(["evaluate", *map(str, args), "--model", "cifar10_resnet20"]) == 0  # the same command
+    assert capsys.readouterr().out.count("| cifar10_resnet") == 1
+
+
+@pytest.mark.parametrize("shift, status", [(0.04, 0), (0.1, 1)])
+def test_evaluate_fails_where_a_measurement_is_off_the_manifest(shift, status, shipped, synthetic_root, capsys):
+    weights, figure = shipped
+    manifest = json.loads((weights / "manifest.json").read_text())
+    manifest["weights"]["cifar10_resnet20"]["mine"]["test"]["top1"] = figure["top1"] + shift
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    code, out, _err = evaluate(capsys, "--weights-dir", weights, "--data.root", synthetic_root, "--device", "cpu")
+    assert code == status and ("(off)" in out) == bool(status)
+
+
+def test_evaluate_one_weight_by_name(shipped, synthetic_root, capsys):
+    weights, figure = shipped
+    code, out, err = evaluate(capsys, "--model", "cifar10_resnet20", "--weights", "mine", "--weights-dir", weights,
+                              "--data.root", synthetic_root, "--device", "cpu", "--json")
+    assert code == 0 and json.loads(out)["top1"] == figure["top1"], err
+    code, _out, err = evaluate(capsys, "--weights", "mine", "--weights-dir", weights)
+    assert code == 2 and err == "evaluate: error: --weights mine needs --model (or --weights all for every shipped weight)\n"

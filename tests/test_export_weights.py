@@ -35,7 +35,7 @@ def test_the_median_seed_is_exported(tmp_path, synthetic_root):
     result = export("--weights-from", weights_from, "--data-root", synthetic_root,
                     "--results-dir", results, "--weights-dir", weights)
     assert result.returncode == 0, result.stderr
-    entry = hub.read_manifest(weights)["weights"]["cifar10_resnet20"]
+    entry = hub.read_manifest(weights)["weights"]["cifar10_resnet20"]["fastcifar-seed0"]
     assert entry["run"]["seed"] == 0 and entry["run"]["seeds"] == [0, 1, 2]
     assert entry["run"]["result"] == "paper_resnet20_seed0.json" and entry["run"]["final_top1_in_training"] == 91.9
     shipped = hub.get_model("cifar10_resnet20", pretrained=True, weights_dir=weights)
@@ -60,8 +60,8 @@ def test_too_few_seeds_or_missing_weights_are_one_line_errors(tmp_path, syntheti
     result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
                     "--weights-dir", tmp_path / "w")
     assert result.returncode == 2 and "the median run (seed 0) has no weights at" in result.stderr
-    write_runs(results, weights_from, [91.9, 91.2, 92.4], config={"augment": {"mean": [0.5, 0.5, 0.5]}})
+    write_runs(results, weights_from, [91.9, 91.2, 92.4], config={"model": {"shortcut": "B"}})
     result = export("--weights-from", weights_from, "--data-root", synthetic_root, "--results-dir", results,
                     "--weights-dir", tmp_path / "w")
-    assert result.returncode == 2 and "augment.mean is [0.5, 0.5, 0.5], but shipped weights need" in result.stderr
+    assert result.returncode == 2 and "model.shortcut is 'B', but shipped weights need 'A'" in result.stderr
     assert not (tmp_path / "w").exists()

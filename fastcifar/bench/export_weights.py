@@ -1,5 +1,5 @@
 """Ship each depth's median paper run (reproduce.py; by final top-1, lower middle, ties by seed) as pretrained
-weights (fastcifar.hub.export_weights):   python benchmarks/export_weights.py --weights-from runs/paper --data-root data
+weights named fastcifar-seed<S>, beside any others of that model (fastcifar.hub.export_weights):   python benchmarks/export_weights.py --weights-from runs/paper --data-root data
 """
 
 import sys
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         record = {"seed": run["seed"], "seeds": sorted(r["seed"] for r in ranked), "result": run["result"],
                   "final_top1_in_training": run["final_top1"], "final_top5_in_training": run["final_top5"]}
         try:
-            entry = hub.export_weights(source, f"cifar10_resnet{depth}", args.data_root, args.weights_dir, record)
+            entry = hub.export_weights(source, f"cifar10_resnet{depth}", args.data_root, args.weights_dir, record,
+                                       weight=f"fastcifar-seed{run['seed']}")
         except FastcifarError as e:
             p.error(str(e))
         print(f"cifar10_resnet{depth}: seed {run['seed']} -> {entry['file']}: CPU fp32 top-1 "
