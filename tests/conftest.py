@@ -177,3 +177,40 @@ def stored_reference(name: str, computed: dict) -> dict:
     if not path.is_file():
         pytest.fail(f"{path} is missing: generate it from the reference code with {ACCEPT}=1")
     return json.loads(path.read_text())
+
+
+# ---- a README with every generated section of benchmarks/report.py, for its tests ----
+README_TEMPLATE = """# project
+
+intro
+
+<!-- BEGIN GENERATED: throughput -->
+Not measured yet.
+<!-- END GENERATED: throughput -->
+
+middle
+
+<!-- BEGIN GENERATED: time_to_accuracy -->
+old text
+<!-- END GENERATED: time_to_accuracy -->
+
+## paper
+
+<!-- BEGIN GENERATED: paper -->
+old table
+<!-- END GENERATED: paper -->
+
+<!-- BEGIN GENERATED: cpu_side_by_side -->
+<!-- END GENERATED: cpu_side_by_side -->
+
+<!-- BEGIN GENERATED: pretrained -->
+<!-- END GENERATED: pretrained -->
+
+outro
+"""
+
+
+def warnings_of(err: str) -> list[str]:
+    """A run's stderr lines less its start line (fastcifar/training/progress.py: "<model>: device ...")."""
+    return [line for line in err.strip().splitlines() if ": device " not in line.split(",")[0]]
+

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, figures, free_port, tables
+from conftest import README_TEMPLATE, REPO, figures, free_port, tables
 
 from fastcifar import pipelines
 from fastcifar.bench import common, report, throughput, time_to_accuracy
@@ -426,28 +426,6 @@ def fake_time_to_accuracy() -> dict:
                        time_to_accuracy.depth_record(56, fake_recipes(), 92.0)]}
 
 
-README = """# project
-
-intro
-
-<!-- BEGIN GENERATED: throughput -->
-Not measured yet.
-<!-- END GENERATED: throughput -->
-
-middle
-
-<!-- BEGIN GENERATED: time_to_accuracy -->
-old text
-<!-- END GENERATED: time_to_accuracy -->
-
-<!-- BEGIN GENERATED: paper -->
-<!-- END GENERATED: paper -->
-
-<!-- BEGIN GENERATED: cpu_side_by_side -->
-<!-- END GENERATED: cpu_side_by_side -->
-
-outro
-"""
 
 
 @pytest.mark.slow
@@ -459,7 +437,7 @@ def test_report_tables_plots_and_readme(tmp_path):
     common.write_json(results / "tta-h100.json", fake_time_to_accuracy())
     readme = tmp_path / "docs" / "README.md"
     readme.parent.mkdir()
-    readme.write_text(README)
+    readme.write_text(README_TEMPLATE)
     out = tmp_path / "out"
     assert report.main(["--results-dir", str(results), "--out-dir", str(out), "--readme", str(readme)]) == 0
     for png in ("throughput-h100.png", "throughput-off.png"):
@@ -521,7 +499,7 @@ def test_report_marks_a_recorded_command_that_todays_script_rejects():
 
 def test_report_without_results_says_not_measured(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(README)
+    readme.write_text(README_TEMPLATE)
     (tmp_path / "none").mkdir()
     argv = ["--results-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]
     assert report.main(argv) == 0

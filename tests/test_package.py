@@ -55,7 +55,10 @@ def test_the_wheel_holds_one_package_with_its_recipes_and_no_tests_results_or_da
     in_tree = {p.relative_to(REPO / "fastcifar" / "configs").as_posix()
                for p in (REPO / "fastcifar" / "configs").rglob("*.yml")}
     assert shipped == in_tree and "fast/resnet56.yml" in shipped
-    assert "fastcifar/weights/manifest.json" in names
+    assert "fastcifar/weights/manifest.json" in names and "fastcifar/weights/LICENSE.akamaster" in names
+    manifest = json.loads((REPO / "fastcifar" / "weights" / "manifest.json").read_text())
+    files = {w["file"] for entries in manifest["weights"].values() for w in entries.values()}
+    assert files and {f"fastcifar/weights/{f}" for f in files} <= set(names)  # every shipped weight travels
     assert not [n for n in names if "/tests/" in n or "results" in n or n.endswith((".npz", ".tar.gz", ".jsonl"))]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "fastcifar = fastcifar.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -92,6 +95,15 @@ def test_the_installed_hub_loader_builds_every_entry_point(venv, tmp_path):
     counts = json.loads(loaded.stdout)
     # He et al. 2016, Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M parameters
     assert [round(c / 1e6, 2) for c in counts.values()] == [0.27, 0.46, 0.66, 0.85, 1.73, 19.42]
+    # the shipped weights load from the installed package (strict, sha256-checked), none from the clone
+    code = ("import fastcifar.hub as hub\n"
+            "w = hub.get_weight('CIFAR10_ResNet20_Weights.DEFAULT')\n"
+            "m = hub.cifar10_resnet20(pretrained=True)\n"
+            "print(w.meta['path'], w.meta['source'], sum(p.numel() for p in m.parameters()))")
+    loaded = run(venv, venv / "bin" / "python", "-c", code, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    where, source, params = loaded.stdout.split()
+    assert Path(where).is_relative_to(venv) and source == "akamaster" and int(params) == counts["cifar10_resnet20"]
 
 
 def test_recipes_load_by_name_by_path_and_through_the_clones_link(tmp_path, monkeypatch):

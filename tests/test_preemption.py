@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, assert_same_weights, final_weights, tiny_config, tiny_overrides
+from conftest import REPO, assert_same_weights, final_weights, tiny_config, tiny_overrides, warnings_of
 
 from fastcifar import cli
 from fastcifar.data import CifarSplit
@@ -201,7 +201,7 @@ def test_damaged_checkpoint_messages_promise_an_older_one_only_when_there_is_one
     capsys.readouterr()
     resumed = Trainer(tiny_config(synthetic_root, run_dir, train__resume=True))
     assert (resumed.epoch, resumed.step) == (0, 0)
-    [warning] = capsys.readouterr().err.strip().splitlines()
+    [warning] = warnings_of(capsys.readouterr().err)
     assert "checkpoint_midepoch0001_step000003.pt could not be read: truncated or not a checkpoint" in warning
     assert warning.endswith("skipped, trying the older checkpoint_epoch0001.pt")
 

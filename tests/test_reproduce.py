@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, figures, tables, tiny_overrides
+from conftest import README_TEMPLATE, REPO, figures, tables, tiny_overrides
 
 from fastcifar.models import build_model
 from fastcifar.training import checkpoint as ckpt
@@ -239,22 +239,6 @@ def fake_paper_run(depth: int, seed: int, top1: float, top5: float, best: float,
             "environment": {"date": "2026-11-24T00:00:00+00:00"}}
 
 
-README = """# project
-
-<!-- BEGIN GENERATED: throughput -->
-<!-- END GENERATED: throughput -->
-
-<!-- BEGIN GENERATED: time_to_accuracy -->
-<!-- END GENERATED: time_to_accuracy -->
-
-## paper
-
-<!-- BEGIN GENERATED: paper -->
-old table
-<!-- END GENERATED: paper -->
-
-outro
-"""
 
 
 def paper_tables(markdown: str) -> list[dict[int, dict[str, str]]]:
@@ -270,7 +254,7 @@ def test_report_paper_table_over_all_runs(tmp_path, capsys):
     common.write_json(found / "r56_0.json", fake_paper_run(56, 0, 93.21, 99.80, 93.50, 80.0))
     common.write_json(found / "reproduce_status.json", {"kind": "paper_status", "runs": []})
     readme = tmp_path / "README.md"
-    readme.write_text(README)
+    readme.write_text(README_TEMPLATE)
     argv = ["--results-dir", str(found), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]
     assert report.main(argv) == 0
     assert "reproduce_status" not in capsys.readouterr().err  # the status file is not a result
@@ -315,4 +299,4 @@ def test_report_paper_table_over_all_runs(tmp_path, capsys):
     assert list(table) == [20, 32, 44, 56, 110]
     assert {row["runs (seeds)"] for row in table.values()} == {"not measured"}
     assert figures(table[110]["akamaster best-of-run"]) == [93.68]
-    assert text.count("Not measured yet.") == 2  # the other sections
+    assert text.count("Not measured yet.") == 3  # throughput, time to accuracy, CPU side by side

@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from conftest import assert_same_weights, final_weights, tiny_config
+from conftest import assert_same_weights, final_weights, tiny_config, warnings_of
 
 from fastcifar import config as config_lib
 from fastcifar.errors import CheckpointError, ConfigError
@@ -319,8 +319,7 @@ def test_resume_skips_a_damaged_latest_checkpoint_with_one_warning(synthetic_roo
     capsys.readouterr()
     resumed = Trainer(tiny_config(synthetic_root, run_dir, train__epochs=3, train__resume=True))
     assert (resumed.epoch, resumed.step) == (2, 20)
-    start_line = "resnet8: device cpu"  # then the run's start line (fastcifar/training/progress.py)
-    warnings = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith(start_line)]
+    warnings = warnings_of(capsys.readouterr().err)
     assert len(warnings) == 1 and "checkpoint_epoch0003.pt" in warnings[0] and len(warnings[0]) < 300
     assert [r["checkpoint"] for r in records(run_dir) if r.get("event") == "resume"] == ["checkpoint_epoch0002.pt"]
 
