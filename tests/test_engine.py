@@ -369,6 +369,52 @@ def test_ddp_is_built_without_deprecated_arguments(single_process_group):
     assert (sync if sync is not None else ddp.broadcast_buffers) is False
 
 
+# ---- compile: static shapes, train and eval -------------------------------------------------------
+def compiled_graph_inputs(monkeypatch, dynamic_override=None) -> list[bool]:
+    """Train steps at batch 8, an evaluation at batch 20 (one padded), then train steps at batch 12
+    (a recompile), with prepare_model's torch.compile call routed to a recording backend: for each
+    graph Dynamo made, whether any input size was symbolic. dynamic_override replaces the `dynamic`
+    prepare_model passes (the control: Dynamo's own default)."""
+    import torch._dynamo
+
+    real_compile, symbolic = torch.compile, []
+
+    def record(gm, example_inputs):
+        sizes = [s for t in example_inputs for s in (t.shape if isinstance(t, torch.Tensor) else [t])]
+        symbolic.append(any(isinstance(s, torch.SymInt) for s in sizes))
+        return gm.forward
+
+    def spy(model, mode=None, **kwargs):
+        if "backend" in kwargs:  # torch's own uses (the optimizer's), not prepare_model's
+            return real_compile(model, mode=mode, **kwargs)
+        if dynamic_override is not None:
+            kwargs["dynamic"] = dynamic_override[0]
+        return real_compile(model, backend=record, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    runtime = resolve_runtime(TrainConfig(device="cpu", amp="none", compile="true"), CPU)
+    torch.manual_seed(0)
+    model = build_model("resnet8")
+    eval_model, train_model = prepare_model(model, runtime, distributed=False)
+    step = TrainStep(train_model, build_optimizer(model, OptimConfig(), runtime), runtime)
+    run_steps(step, batches(2, size=8), lrs(2))
+    Evaluator(eval_model, runtime)(ListLoader(batches(2, size=20) + [tuple(t[:7] for t in batches(1, size=20)[0])]))
+    run_steps(step, batches(2, size=12), lrs(2))
+    torch._dynamo.reset()
+    return symbolic
+
+
+@pytest.mark.slow
+def test_compiled_train_and_eval_graphs_have_static_batch_sizes(monkeypatch):
+    """Evaluation pads to one shape and training drops partial batches, so no graph needs a symbolic
+    batch: Dynamo's automatic dynamic shapes would otherwise make the eval graph (the second batch
+    size it sees) and a recompiled train step dynamic, slower than a static graph per shape."""
+    static = compiled_graph_inputs(monkeypatch)
+    assert len(static) >= 3 and not any(static), static  # train 8, eval 20, train 12: each static
+    assert any(compiled_graph_inputs(monkeypatch, dynamic_override=(None,))), "the control: Dynamo's default"
+
+
 # ---- CUDA: the captured step -----------------------------------------------------------------------
 def cuda_runtime(compile_: bool = False, graph: bool = True) -> Runtime:
     train = TrainConfig(device="cuda", amp="bf16", compile="true" if compile_ else "false",

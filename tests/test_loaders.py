@@ -161,6 +161,40 @@ def test_torch_gpu_on_the_cpu_feeds_a_cuda_model_the_same_images_without_augment
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
+def every_pixel_value() -> CifarSplit:
+    """256 images, image v filled with the value v: every uint8 value the normalisation sees."""
+    images = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None, None], (256, 32, 32, 3)).copy()
+    return CifarSplit(images, np.zeros(256, np.int64), 10)
+
+
+def torch_gpu_eval_values(device: str) -> torch.Tensor:
+    cfg = make_cfg(backend="torch-gpu", **IDENTITY)
+    cfg = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, device="auto"))
+    return torch.cat([x[:, 0, 0, 0] for x, _ in batches_on(cfg, every_pixel_value(), device)]).cpu()
+
+
+def batches_on(cfg, data, device, which="test"):
+    return list(build_loader(cfg, which, data, torch.device(device)))
+
+
+def test_torch_gpu_normalises_by_true_division():
+    """x / 255 as torchvision computes it on the CPU: IEEE division, correctly rounded, for every
+    value. CUDA's division by a Python number is a multiplication by its reciprocal, which is one
+    ulp off for many values (the control below); the loader divides by a device tensor instead,
+    and the CUDA test below checks CUDA gives these very values."""
+    values = torch.arange(256, dtype=torch.float64)
+    exact = (values / 255).float()  # float64 division, then one rounding: the correctly rounded quotient
+    assert torch.equal(torch_gpu_eval_values("cpu"), exact)
+    reciprocal = values.float() * torch.tensor(1 / 255, dtype=torch.float32)
+    assert (reciprocal != exact).sum() > 50  # the control: this test tells the two apart
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_gpu_normalises_every_value_alike_on_cpu_and_cuda():
+    assert torch.equal(torch_gpu_eval_values("cuda"), torch_gpu_eval_values("cpu"))
+
+
 def test_workers_are_at_most_the_usable_cpus(monkeypatch):
     """The configs ask for 4 workers; on a smaller machine that is clamped, without warnings."""
     import os

@@ -63,13 +63,17 @@ class BatchAugment:
         self.augment, self.train, self.dtype = a, spec.train, spec.dtype
         self.mean = torch.tensor(a.mean, device=device)
         self.std = torch.tensor(a.std, device=device)
+        # a 0-dim tensor on the device, not the number 255: CUDA turns division by a Python number
+        # into multiplication by its reciprocal (one ulp off for about half the pixel values), CPU
+        # divides; by a device tensor both divide, so CPU and CUDA batches are equal to the bit
+        self.scale = torch.tensor(255.0, device=device)
         self.arange = torch.arange(32, device=device)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         d = draw(self.augment, x.shape[0], generator, x.device) if self.train else None
         if d is not None:
             x = self.crop_and_flip(x, d)
-        out = (x.float() / 255 - self.mean) / self.std  # torchvision's arithmetic, to the bit
+        out = (x.float() / self.scale - self.mean) / self.std  # torchvision's arithmetic, to the bit
         if d is not None and self.augment.erase_p > 0:
             out = self.erase(out, d)
         return out.to(self.dtype)

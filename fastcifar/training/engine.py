@@ -92,7 +92,10 @@ def prepare_model(model: nn.Module, runtime: Runtime, distributed: bool):
     """-> (compiled, train_model): compiled is used for evaluation, train_model (DDP-wrapped
     when distributed) for training. The plain `model` stays the one whose state is saved."""
     model.to(runtime.device, memory_format=runtime.memory_format)
-    compiled = torch.compile(model, mode=runtime.compile_mode) if runtime.compile else model
+    # dynamic=False: every batch has one shape (train loaders drop the last partial batch, evaluation
+    # pads it), so a second shape (the eval batch after the train batch) must be a second static
+    # graph, not Dynamo's automatic dynamic-shape graph with a symbolic batch size for both
+    compiled = torch.compile(model, mode=runtime.compile_mode, dynamic=False) if runtime.compile else model
     train_model = compiled
     if distributed:
         ids = [runtime.device] if runtime.device.type == "cuda" else None
@@ -251,7 +254,8 @@ def average_buffers(model: nn.Module, world_size: int) -> None:
     for bufs in by_dtype.values():
         flat = _flatten_dense_tensors(bufs)
         torch.distributed.all_reduce(flat)
-        flat.div_(world_size)
+        # by a device tensor: a Python-number divisor is a reciprocal multiply on CUDA (torch_gpu.py)
+        flat.div_(torch.tensor(world_size, dtype=flat.dtype, device=flat.device))
         for buf, averaged in zip(bufs, _unflatten_dense_tensors(flat, bufs)):
             buf.copy_(averaged)
 
