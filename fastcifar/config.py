@@ -100,7 +100,7 @@ class TrainConfig:
     epochs: int = _key(200, "training epochs")
     batch_size: int = _key(128, "global batch size, over all ranks")
     seed: int = _key(0, "seeds the model, the shuffle and every augmentation draw")
-    deterministic: bool = _key(False, "deterministic algorithms (bit-exact reruns on CPU)")
+    deterministic: bool = _key(False, "deterministic algorithms (bit-exact reruns on CPU; refused on CUDA)")
     device: DeviceName = _key("auto", "training device; auto is CUDA when present")
     amp: Literal["auto", "bf16", "fp16", "none"] = _key("auto", "autocast dtype; auto is bf16 on CUDA, none on CPU")
     channels_last: bool = _key(True, "NHWC memory format for the model and its inputs")

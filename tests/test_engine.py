@@ -369,6 +369,16 @@ def test_ddp_is_built_without_deprecated_arguments(single_process_group):
     assert (sync if sync is not None else ddp.broadcast_buffers) is False
 
 
+def test_deterministic_on_cuda_stops_in_one_line_before_anything_runs():
+    """use_deterministic_algorithms(True) would raise inside the first CUDA step (nll_loss, and
+    AdaptiveAvgPool2d's backward): resolve_runtime, which reads only the device's type, refuses it."""
+    with pytest.raises(ConfigError) as e:
+        resolve_runtime(TrainConfig(deterministic=True), torch.device("cuda"))
+    assert str(e.value).startswith("train.deterministic: true is not available on CUDA") and "\n" not in str(e.value)
+    assert resolve_runtime(TrainConfig(deterministic=True, device="cpu"), CPU).device == CPU  # CPU: allowed
+    assert resolve_runtime(TrainConfig(), torch.device("cuda")).device.type == "cuda"  # off: CUDA as before
+
+
 # ---- compile: static shapes, train and eval -------------------------------------------------------
 def compiled_graph_inputs(monkeypatch, dynamic_override=None) -> list[bool]:
     """Train steps at batch 8, an evaluation at batch 20 (one padded), then train steps at batch 12

@@ -40,6 +40,12 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache)
 
 
+# torch.use_deterministic_algorithms(True) raises inside the first step on CUDA, for the loss's
+# nll_loss (outside the compiled model) and AdaptiveAvgPool2d's backward: refused before anything runs
+DETERMINISTIC_ON_CUDA = ("train.deterministic: true is not available on CUDA (the loss and the average "
+                         "pool's backward have no deterministic CUDA kernels); bit-exact reruns are a CPU "
+                         "feature: use --train.deterministic=false, or --train.device=cpu")
+
 # compile modes that capture CUDA graphs themselves: a whole-step graph cannot contain them
 GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
@@ -51,6 +57,8 @@ def resolve_runtime(train: TrainConfig, device: torch.device, distributed: bool 
     the eager/compiled step; 'true' where it cannot is an error, except under DDP, where it
     falls back with one line (printed when `announce`)."""
     cuda = device.type == "cuda"
+    if train.deterministic and cuda:
+        raise ConfigError(DETERMINISTIC_ON_CUDA)
     amp = train.amp if train.amp != "auto" else ("bf16" if cuda else "none")
     if amp == "fp16" and not cuda:
         raise ConfigError("train.amp: 'fp16' needs CUDA; use --train.amp=none (or bf16) on CPU")
