@@ -70,6 +70,8 @@ class LoaderConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = _key("float32", "dtype of the images handed to the model")
     dali_prefetch: int = _key(0, "dali: pipeline runs queued besides the next one, always scheduled ahead")
     dali_batches_per_run: int = _key(8, "dali: batches produced by one pipeline run, one DALI sample each")
+    dali_crop: Literal["multi_paste", "warp_affine"] = _key(
+        "multi_paste", "dali: the crop-and-flip operator, one per batch; both give the same images")
 
 
 @dataclass(frozen=True)
