@@ -37,7 +37,7 @@ import torch
 
 from fastcifar.environment import usable_cpus
 from fastcifar.errors import ConfigError
-from fastcifar.pipelines.base import LoaderSpec, loader_device, register_loader
+from fastcifar.pipelines.base import LoaderSpec, host_to_device, loader_device, register_loader
 from fastcifar.pipelines.sharding import EpochPlan, index_tensor
 from fastcifar.pipelines.torch_gpu import draw
 
@@ -198,7 +198,7 @@ class DaliLoader(EpochPlan):
         else:
             # the dynamic executor never reuses a returned buffer: a view, no copy of 100 MB a run
             (out,) = self.pipe.outputs()
-            result = torch.from_numpy(np.asarray(out.as_tensor())).to(s.device, non_blocking=True)
+            result = host_to_device(torch.from_numpy(np.asarray(out.as_tensor())), s.device)
         return result.to(s.dtype)
 
     def _warm_up(self) -> None:

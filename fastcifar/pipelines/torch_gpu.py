@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fastcifar.config import AugmentConfig
-from fastcifar.pipelines.base import LoaderSpec, loader_device, register_loader
+from fastcifar.pipelines.base import LoaderSpec, host_to_device, loader_device, register_loader
 from fastcifar.pipelines.sharding import EpochPlan, index_tensor
 
 ERASE_TRIES = 10  # torchvision's RandomErasing tries 10 rectangles before giving up
@@ -119,13 +119,11 @@ class TorchGpuLoader(EpochPlan):
             if generator is not None:
                 generator.manual_seed(self.key(step))
             images = self.augment(self.images[idx], generator).permute(0, 3, 1, 2)  # NCHW view
-            # no-ops when augmenting on the training device; a copy from the GPU to a CPU training
-            # device must be finished before the CPU reads it, so only copies to CUDA are asynchronous
-            to_cuda = s.device.type == "cuda"
-            images = images.to(s.device, non_blocking=to_cuda)
+            # no-ops when augmenting on the training device (loader.device auto)
+            images = host_to_device(images, s.device)
             if not s.channels_last:
                 images = images.contiguous()
-            yield images, self.labels[idx].to(s.device, non_blocking=to_cuda)
+            yield images, host_to_device(self.labels[idx], s.device)
 
 
 @register_loader("torch-gpu")
