@@ -6,13 +6,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import import_dali
 from test_loaders import batches, make_cfg, split
 
 from fastcifar.data import CifarSplit
 from fastcifar.errors import ConfigError
 from fastcifar.pipelines import LOADERS, build_loader
 
-pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install -e '.[dali]')")
+import_dali()
 
 FULL = dict(crop_padding=4, flip_p=0.5, erase_p=0.5)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

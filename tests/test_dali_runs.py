@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_overrides
+from conftest import REPO, import_dali, tiny_overrides
 from test_loaders import make_cfg, split
 
 from fastcifar.data import CifarSplit
@@ -20,7 +20,7 @@ from fastcifar.pipelines import build_loader
 from fastcifar.pipelines.sharding import batch_key, eval_indices, train_indices
 from fastcifar.pipelines.torch_gpu import draw
 
-pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install -e '.[dali]')")
+import_dali()
 
 FULL = dict(crop_padding=4, flip_p=0.5, erase_p=0.5)
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
