@@ -79,5 +79,5 @@ def test_every_step_dry_runs_on_the_cpu(tmp_path, tiny_root):
     assert resume["summary"]["epochs"] == stop["summary"]["epochs"] + 1
     assert torchrun["summary"]["world_size"] == 1
     measured = sorted(p.name for p in out.glob("*-*.json") if p.stem not in gpu_suite.STEPS)
-    assert len(measured) == 2 + 4 + 4 + 4  # loaders (2), step-r20 (4 ways), step-r56-* (2 + 2), step-r110-*
+    assert len(measured) == 2 + 4 + 4 + 4  # loaders (2), step-r20-* (2 + 2), step-r56-* (2 + 2), step-r110-* (4)
     assert all(json.loads((out / m).read_text())["complete"] for m in measured)

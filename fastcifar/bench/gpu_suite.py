@@ -258,14 +258,13 @@ def way_overrides(args, way: str) -> list[str]:
 STEPS = {s.name: s for s in [
     Step("tests-loaders", "CUDA tests of the loaders, DALI required", 2, cuda_tests("tests-loaders")),
     Step("tests-engine", "CUDA tests of the step, graphs, prefetch and trainer", 4, cuda_tests("tests-engine")),
-    Step("runs", "ResNet-20 runs cut short: dali, torch-gpu, torch-gpu + cuda_graph", 3, short_runs),
+    Step("runs", "ResNet-20 runs cut short: dali, torch-gpu, torch-gpu + cuda_graph", 2.5, short_runs),
     Step("stop-resume", "SIGTERM then --resume; one NCCL process group under torchrun", 3, stop_resume_and_nccl),
-    Step("loaders", "R20 batch 1024: every loader; DALI by multi_paste and warp_affine", 4, loaders_step),
-    Step("step-r20", "R20 at batch 1024 and 128: graph, reduce-overhead, plain, foreach", 6,
-         step_step(20, ["graph", "reduce-overhead", "plain", "foreach"])),
-    Step("step-r56-graphs", "R56 at batch 1024 and 128: graph, reduce-overhead", 5,
-         step_step(56, ["graph", "reduce-overhead"])),
-    Step("step-r56-plain", "R56 at batch 1024 and 128: plain, foreach", 5, step_step(56, ["plain", "foreach"])),
+    Step("loaders", "R20 batch 1024: every loader; DALI by multi_paste and warp_affine", 3, loaders_step),
+    *[Step(f"step-r{depth}-{part}", f"R{depth} at batch 1024 and 128: {' and '.join(ways)}", minutes,
+           step_step(depth, ways))
+      for depth, minutes in ((20, 3), (56, 5)) for part, ways in (("graphs", ["graph", "reduce-overhead"]),
+                                                                  ("plain", ["plain", "foreach"]))],
     *[Step(f"step-r110-{way}", f"R110 at batch 1024 and 128: {way}", 4.5, step_step(110, [way])) for way in WAYS],
 ]}
 GROUPS = {"validate": ["tests-loaders", "tests-engine", "runs", "stop-resume"],
