@@ -81,3 +81,20 @@ def test_every_step_dry_runs_on_the_cpu(tmp_path, tiny_root):
     measured = sorted(p.name for p in out.glob("*-*.json") if p.stem not in gpu_suite.STEPS)
     assert len(measured) == 2 + 4 + 4 + 4  # loaders (2), step-r20-* (2 + 2), step-r56-* (2 + 2), step-r110-* (4)
     assert all(json.loads((out / m).read_text())["complete"] for m in measured)
+
+
+def test_a_failed_figure_inside_a_result_file_is_found():
+    """throughput.py records a figure that failed (OOM, a loader that cannot run) as an error entry and
+    exits 0: the suite's check must still see it, at every level of a batch size's figures."""
+    ok = {"images_per_s": {"median": 1.0}}
+    batch = {"model_alone": ok, "loaders": {"dali": {"error": None, "loader_alone": ok, "end_to_end": ok}}}
+    assert gpu_suite.figure_errors(batch) == []
+    for where in ("model_alone", "loader", "loader_alone", "end_to_end"):
+        broken = json.loads(json.dumps(batch))
+        if where == "model_alone":
+            broken["model_alone"] = {"error": "OutOfMemoryError"}
+        elif where == "loader":
+            broken["loaders"]["dali"]["error"] = "OutOfMemoryError"
+        else:
+            broken["loaders"]["dali"][where] = {"error": "OutOfMemoryError"}
+        assert gpu_suite.figure_errors(broken) == ["OutOfMemoryError"], where

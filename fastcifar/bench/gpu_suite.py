@@ -218,13 +218,19 @@ def throughput(args, label: str, depths: list[str], batch_sizes: list[str], load
         if result["exit"] != 0:
             return f"exit {result['exit']}"
         data = json.loads(out.read_text()) if out.is_file() else {}
-        errors = [e for r in data.get("results", []) for b in r["batches"]
-                  for e in [b["model_alone"].get("error"), *(l.get("error") for l in b["loaders"].values())] if e]
+        errors = [e for r in data.get("results", []) for b in r["batches"] for e in figure_errors(b)]
         if not data.get("complete"):
             return "the result file is missing or incomplete"
         return f"figures failed: {errors[0]}" if errors else None
 
     return Command(f"throughput {label}", argv, check, out=out)
+
+
+def figure_errors(batch: dict) -> list[str]:
+    """The errors of one batch size's figures: the model alone, each loader, its two figures."""
+    figures = [batch["model_alone"], *(entry for loader in batch["loaders"].values()
+                                       for entry in (loader, loader.get("loader_alone"), loader.get("end_to_end")))]
+    return [f["error"] for f in figures if isinstance(f, dict) and f.get("error")]
 
 
 def timing_args(args) -> list[str]:
