@@ -562,14 +562,16 @@ def test_resume_into_a_captured_step_matches_the_unbroken_run():
     run_steps(resumed, batches(5, size=64, device="cuda", channels_last=True, seed=9), lrs(5))
     graph = resumed.graph
     assert graph is not None
-    captured = {p: resumed.optimizer.state[p]["momentum_buffer"] for p in other.parameters()}
+    params = [p for group in resumed.optimizer.param_groups for p in group["params"]]  # the state's order
+    captured = {p: resumed.optimizer.state[p]["momentum_buffer"] for p in params}
     addresses = {p: buf.data_ptr() for p, buf in captured.items()}
     ckpt.load_model_state(other, saved["model"])
     resumed.load_state_dict(saved["optimizer"])
     assert resumed.graph is graph  # copied into the captured state, not recaptured
     # the graph reads the buffers it was captured with: the saved momentum must be in those, by value
-    saved_momentum = [saved["optimizer"]["state"][i]["momentum_buffer"] for i in range(len(captured))]
-    for p, want in zip(other.parameters(), saved_momentum):  # the optimizer's parameter order
+    saved_momentum = [saved["optimizer"]["state"][i]["momentum_buffer"] for i in range(len(params))]
+    assert len(params) == len(saved["optimizer"]["state"]) > 0
+    for p, want in zip(params, saved_momentum):
         buf = resumed.optimizer.state[p]["momentum_buffer"]
         assert buf.data_ptr() == addresses[p] and buf is captured[p], "a new buffer: the graph would not see it"
         assert torch.equal(buf, want.to(buf.device)), "the saved momentum was not copied in"
