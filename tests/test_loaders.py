@@ -184,7 +184,8 @@ def test_cpu_augmenting_loaders_do_not_wait_for_the_gpu(gpu_backend):
 
     from fastcifar.training.prefetch import prefetch
 
-    cfg = make_cfg(backend=gpu_backend, batch=64)
+    cfg = make_cfg(backend=gpu_backend, batch=64)  # dali: a pipeline run, and so a copy, per batch
+    cfg = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, dali_batches_per_run=1))
     loader = prefetch(build_loader(cfg, "train", split(64 * 24), torch.device("cuda")), torch.device("cuda"))
     loader.set_epoch(0)
     batches = iter(loader)
