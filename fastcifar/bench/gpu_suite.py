@@ -55,7 +55,7 @@ class Command:
     """One process of a step. check(result) -> a problem, or None when the command did what it should."""
 
     what: str
-    argv: list[str]
+    argv: list[str] | Callable[[], list[str]]  # a callable is built when the command starts
     check: Callable[[dict], str | None] | None = None
     env: dict[str, str] = field(default_factory=dict)
     stop_when: Callable[[], bool] | None = None  # then SIGTERM it (the stop-and-resume run)
