@@ -2,7 +2,7 @@
 
     fastcifar train resnet56 [--section.key=value ...] [--resume[=auto]]
     fastcifar evaluate --model cifar10_resnet56 --pretrained --data.root DIR
-    fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights|convert_weights|cpu_side_by_side [...]
+    fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights|convert_weights|cpu_side_by_side|gpu_suite [...]
     fastcifar recipes
 
 `python run.py CONFIG` in a clone is `fastcifar train CONFIG`.
@@ -33,7 +33,8 @@ is signalled whatever its workers did, that file is the test.
 Keys, with their values (a CONFIG's, after overrides, else the built-in defaults):
 """
 
-BENCHES = ("throughput", "time_to_accuracy", "reproduce", "report", "export_weights", "convert_weights", "cpu_side_by_side")
+BENCHES = ("throughput", "time_to_accuracy", "reproduce", "report", "export_weights", "convert_weights",
+           "cpu_side_by_side", "gpu_suite")
 
 
 def train(argv: list[str], prog: str = "fastcifar train") -> int:

@@ -71,6 +71,8 @@ class LoaderConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = _key("float32", "dtype of the images handed to the model")
     dali_prefetch: int = _key(0, "dali: pipeline runs queued besides the next one, always scheduled ahead")
     dali_batches_per_run: int = _key(8, "dali: batches produced by one pipeline run, one DALI sample each")
+    dali_crop: Literal["multi_paste", "warp_affine"] = _key(
+        "multi_paste", "dali: the crop-and-flip operator, one per batch; both give the same images")
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class TrainConfig:
     epochs: int = _key(200, "training epochs")
     batch_size: int = _key(128, "global batch size, over all ranks")
     seed: int = _key(0, "seeds the model, the shuffle and every augmentation draw")
-    deterministic: bool = _key(False, "deterministic algorithms (bit-exact reruns on CPU)")
+    deterministic: bool = _key(False, "deterministic algorithms (bit-exact reruns on CPU; refused on CUDA)")
     device: DeviceName = _key("auto", "training device; auto is CUDA when present")
     amp: Literal["auto", "bf16", "fp16", "none"] = _key("auto", "autocast dtype; auto is bf16 on CUDA, none on CPU")
     channels_last: bool = _key(True, "NHWC memory format for the model and its inputs")

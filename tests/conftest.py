@@ -60,6 +60,19 @@ def write_archive(root: Path, dataset: str, n_train: int, n_test: int) -> Path:
     return archive
 
 
+def import_dali():
+    """pytest.importorskip for DALI, except under FASTCIFAR_REQUIRE_DALI=1 (the GPU suite), where a
+    missing DALI fails the module's collection: a suite that expects DALI must not skip its tests."""
+    if os.environ.get("FASTCIFAR_REQUIRE_DALI") == "1":
+        try:
+            import nvidia.dali
+        except ImportError as e:
+            pytest.fail(f"FASTCIFAR_REQUIRE_DALI=1 but DALI cannot be imported ({e}): put its folder on "
+                        "PYTHONPATH (gpu_suite.py --dali-path)", pytrace=False)
+        return nvidia.dali
+    return pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install -e '.[dali]')")
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """CIFAR-10-shaped npz data: 640 train and 200 test images, learnable."""

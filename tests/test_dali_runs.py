@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_overrides
+from conftest import REPO, import_dali, tiny_overrides
 from test_loaders import make_cfg, split
 
 from fastcifar.data import CifarSplit
@@ -20,7 +20,7 @@ from fastcifar.pipelines import build_loader
 from fastcifar.pipelines.sharding import batch_key, eval_indices, train_indices
 from fastcifar.pipelines.torch_gpu import draw
 
-pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install -e '.[dali]')")
+import_dali()
 
 FULL = dict(crop_padding=4, flip_p=0.5, erase_p=0.5)
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -48,14 +48,16 @@ def reference(images: np.ndarray, d, a) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_output_equals_the_reference_for_the_same_draws(dtype):
+@pytest.mark.parametrize("dtype,crop", [("float32", "multi_paste"), ("float16", "multi_paste"),
+                                        ("bfloat16", "multi_paste"), ("float32", "warp_affine")])
+def test_output_equals_the_reference_for_the_same_draws(dtype, crop):
     """7 steps in runs of 3 (3, 3, 1): every batch equals crop window, mirror, normalisation (1e-6)
-    and erased rectangle computed image by image from the batch's keyed draws."""
+    and erased rectangle computed image by image from the batch's keyed draws, whichever operator
+    (loader.dali_crop) crops and flips."""
     n, batch, epoch = 7 * 64 + 13, 64, 3
     data = split(n)
     cfg = loader_cfg(make_cfg(backend="dali", batch=batch, erase_value=0.25, **FULL),
-                     dali_batches_per_run=3, dtype=dtype)
+                     dali_batches_per_run=3, dtype=dtype, dali_crop=crop)
     loader = build_loader(cfg, "train", data, torch.device("cpu"))
     loader.set_epoch(epoch)
     order = train_indices(n, 3, epoch, 0, 1)
@@ -292,10 +294,13 @@ def test_default_loader_without_dali_stops_with_one_line(synthetic_root, tmp_pat
 # ---- CUDA ------------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_dali_gpu_equals_cpu_mode_with_runs_that_do_not_divide_the_epoch(dtype):
+@pytest.mark.parametrize("dtype,crop", [("float32", "multi_paste"), ("bfloat16", "multi_paste"),
+                                        ("float32", "warp_affine")])
+def test_dali_gpu_equals_cpu_mode_with_runs_that_do_not_divide_the_epoch(dtype, crop):
+    """The GPU operators against the CPU ones (themselves checked against the reference above)."""
     data = split(7 * 128 + 50)
-    base = loader_cfg(make_cfg(backend="dali", batch=128, **FULL), dali_batches_per_run=3, dtype=dtype)
+    base = loader_cfg(make_cfg(backend="dali", batch=128, **FULL), dali_batches_per_run=3, dtype=dtype,
+                      dali_crop=crop)
     outs = {}
     for device in ("cpu", "gpu"):
         loader = build_loader(loader_cfg(base, device=device), "train", data, torch.device("cuda"))

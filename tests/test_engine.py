@@ -3,6 +3,7 @@ static-buffer (CUDA graph) step, prefetching, padded evaluation and the one-all-
 average. CPU tests check everything that is not CUDA-specific; the cuda-marked ones run on a GPU."""
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -374,6 +375,62 @@ def test_ddp_is_built_without_deprecated_arguments(single_process_group):
     assert (sync if sync is not None else ddp.broadcast_buffers) is False
 
 
+def test_deterministic_on_cuda_stops_in_one_line_before_anything_runs():
+    """use_deterministic_algorithms(True) would raise inside the first CUDA step (nll_loss, and
+    AdaptiveAvgPool2d's backward): resolve_runtime, which reads only the device's type, refuses it."""
+    with pytest.raises(ConfigError) as e:
+        resolve_runtime(TrainConfig(deterministic=True), torch.device("cuda"))
+    assert str(e.value).startswith("train.deterministic: true is not available on CUDA") and "\n" not in str(e.value)
+    assert resolve_runtime(TrainConfig(deterministic=True, device="cpu"), CPU).device == CPU  # CPU: allowed
+    assert resolve_runtime(TrainConfig(), torch.device("cuda")).device.type == "cuda"  # off: CUDA as before
+
+
+# ---- compile: static shapes, train and eval -------------------------------------------------------
+def compiled_graph_inputs(monkeypatch, dynamic_override=None) -> list[bool]:
+    """Train steps at batch 8, an evaluation at batch 20 (one padded), then train steps at batch 12
+    (a recompile), with prepare_model's torch.compile call routed to a recording backend: for each
+    graph Dynamo made, whether any input size was symbolic. dynamic_override replaces the `dynamic`
+    prepare_model passes (the control: Dynamo's own default)."""
+    import torch._dynamo
+
+    real_compile, symbolic = torch.compile, []
+
+    def record(gm, example_inputs):
+        sizes = [s for t in example_inputs for s in (t.shape if isinstance(t, torch.Tensor) else [t])]
+        symbolic.append(any(isinstance(s, torch.SymInt) for s in sizes))
+        return gm.forward
+
+    def spy(model, mode=None, **kwargs):
+        if "backend" in kwargs:  # torch's own uses (the optimizer's), not prepare_model's
+            return real_compile(model, mode=mode, **kwargs)
+        if dynamic_override is not None:
+            kwargs["dynamic"] = dynamic_override[0]
+        return real_compile(model, backend=record, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    runtime = resolve_runtime(TrainConfig(device="cpu", amp="none", compile="true"), CPU)
+    torch.manual_seed(0)
+    model = build_model("resnet8")
+    eval_model, train_model = prepare_model(model, runtime, distributed=False)
+    step = TrainStep(train_model, build_optimizer(model, OptimConfig(), runtime), runtime)
+    run_steps(step, batches(2, size=8), lrs(2))
+    Evaluator(eval_model, runtime)(ListLoader(batches(2, size=20) + [tuple(t[:7] for t in batches(1, size=20)[0])]))
+    run_steps(step, batches(2, size=12), lrs(2))
+    torch._dynamo.reset()
+    return symbolic
+
+
+@pytest.mark.slow
+def test_compiled_train_and_eval_graphs_have_static_batch_sizes(monkeypatch):
+    """Evaluation pads to one shape and training drops partial batches, so no graph needs a symbolic
+    batch: Dynamo's automatic dynamic shapes would otherwise make the eval graph (the second batch
+    size it sees) and a recompiled train step dynamic, slower than a static graph per shape."""
+    static = compiled_graph_inputs(monkeypatch)
+    assert len(static) >= 3 and not any(static), static  # train 8, eval 20, train 12: each static
+    assert any(compiled_graph_inputs(monkeypatch, dynamic_override=(None,))), "the control: Dynamo's default"
+
+
 # ---- CUDA: the captured step -----------------------------------------------------------------------
 def cuda_runtime(compile_: bool = False, graph: bool = True) -> Runtime:
     train = TrainConfig(device="cuda", amp="bf16", compile="true" if compile_ else "false",
@@ -411,39 +468,89 @@ def test_cuda_graph_steps_match_eager_steps(compile_):
     assert all(torch.equal(a, b) for a, b in zip(before, graph_model.parameters()))
 
 
-@pytest.mark.parametrize("graph", [True, False])
 @pytest.mark.cuda
 @needs_cuda
-def test_compiled_step_and_evaluation_never_recompile(graph):
-    """Dynamo compiles the train forward/backward at the first step and the eval forward at the
-    first evaluation; warm-up, capture, replays (or the compiled eager steps), the padded last eval
-    batch and later epochs add nothing."""
+def test_compiled_step_and_evaluation_never_recompile():
+    """Without a graph Dynamo runs at every step: it compiles the train forward/backward at the first
+    step and the eval forward at the first evaluation; later steps, the padded last eval batch and
+    later epochs add nothing."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
-    model, eval_model, graphed = cuda_step(graph=graph, compile_=True)
-    evaluator = Evaluator(eval_model, graphed.runtime)
-    data = batches(25, size=64, device="cuda", channels_last=True)
-    last = tuple(t[:20] for t in batches(1, size=50, device="cuda", channels_last=True, seed=3)[0])
-    eval_data = ListLoader(batches(2, size=50, device="cuda", channels_last=True, seed=2) + [last])
+    model, eval_model, step = cuda_step(graph=False, compile_=True)
+    evaluator = Evaluator(eval_model, step.runtime)
+    data, eval_data = compile_data()
 
     def compiled():
         return counters["stats"]["unique_graphs"], counters["frames"]["total"]
 
-    run_steps(graphed, data[:1], lrs(1))
+    run_steps(step, data[:1], lrs(1))
     after_first = compiled()
     assert after_first[0] > 0  # the counters do count this model's graphs
-    run_steps(graphed, data[1:5], lrs(4))  # warm-up, capture, first replay
-    assert getattr(graphed, "graph", True) is not None and compiled() == after_first, "recompiled for warm-up or capture"
+    run_steps(step, data[1:5], lrs(4))
+    assert compiled() == after_first, "recompiled after the first step"
     first = evaluator(eval_data)
     after_eval = compiled()
-    run_steps(graphed, data[5:], lrs(20))
+    run_steps(step, data[5:], lrs(20))
     again = evaluator(eval_data)
-    run_steps(graphed, data[:3], lrs(3))
+    run_steps(step, data[:3], lrs(3))
     assert compiled() == after_eval, "recompiled after the first steps"
     assert first["test_images"] == again["test_images"] == 120
-    assert (evaluator.graph is not None) == graph
+
+
+def compile_data():
+    """25 train batches of 64, and an eval set of 50 + 50 + 20 images (the last padded)."""
+    data = batches(25, size=64, device="cuda", channels_last=True)
+    last = tuple(t[:20] for t in batches(1, size=50, device="cuda", channels_last=True, seed=3)[0])
+    return data, ListLoader(batches(2, size=50, device="cuda", channels_last=True, seed=2) + [last])
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_compiled_graphs_are_captured_once_and_replay_the_current_weights(monkeypatch):
+    """With the whole-step graph Dynamo is not called after capture, so what can go wrong is
+    elsewhere: a second capture (the train step recaptured, or the eval graph recaptured for the
+    padded last batch), compiles during warm-up that a replay would skip, and graphs that replay
+    stale weights. Each is checked: one train and one eval capture in all, the same graphs after
+    every evaluation and epoch, and the eval graph's results equal an eager compiled evaluation of
+    the weights as they are then."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    captures = []
+    begin = torch.cuda.CUDAGraph.capture_begin
+
+    def counting_begin(graph, *args, **kwargs):
+        captures.append(graph)
+        return begin(graph, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", counting_begin)
+    torch._dynamo.reset()
+    model, eval_model, graphed = cuda_step(graph=True, compile_=True)
+    evaluator = Evaluator(eval_model, graphed.runtime)
+    eager_eval = Evaluator(eval_model, dataclasses.replace(graphed.runtime, cuda_graph=False))
+    data, eval_data = compile_data()
+    run_steps(graphed, data[:GraphedTrainStep.WARMUP], lrs(GraphedTrainStep.WARMUP))
+    assert graphed.graph is None and captures == []
+    warm = counters["frames"]["total"]
+    run_steps(graphed, data[GraphedTrainStep.WARMUP:5], lrs(5 - GraphedTrainStep.WARMUP))
+    train_graph = graphed.graph
+    assert train_graph is not None and len(captures) == 1
+    assert counters["frames"]["total"] == warm, "capture compiled something the warm-up had not"
+    results = [evaluator(eval_data)]
+    eval_graph = evaluator.graph
+    assert eval_graph is not None and len(captures) == 2  # the padded last batch reuses the eval graph
+    expected = [eager_eval(eval_data)]
+    run_steps(graphed, data[5:], lrs(20))
+    results.append(evaluator(eval_data))
+    expected.append(eager_eval(eval_data))
+    assert graphed.graph is train_graph and evaluator.graph is eval_graph and len(captures) == 2
+    assert results[0]["test_loss"] != results[1]["test_loss"]  # the weights did change between them
+    for got, want in zip(results, expected):
+        assert got["test_images"] == want["test_images"] == 120
+        assert got["test_loss"] == pytest.approx(want["test_loss"], rel=2e-2)  # bf16, two kernels' order
+        assert abs(got["top1"] - want["top1"]) <= 100 * 3 / 120  # a few near-ties may flip
 
 
 @pytest.mark.cuda
@@ -460,12 +567,24 @@ def test_resume_into_a_captured_step_matches_the_unbroken_run():
     run_steps(resumed, batches(5, size=64, device="cuda", channels_last=True, seed=9), lrs(5))
     graph = resumed.graph
     assert graph is not None
+    params = [p for group in resumed.optimizer.param_groups for p in group["params"]]  # the state's order
+    captured = {p: resumed.optimizer.state[p]["momentum_buffer"] for p in params}
+    addresses = {p: buf.data_ptr() for p, buf in captured.items()}
     ckpt.load_model_state(other, saved["model"])
     resumed.load_state_dict(saved["optimizer"])
     assert resumed.graph is graph  # copied into the captured state, not recaptured
+    # the graph reads the buffers it was captured with: the saved momentum must be in those, by value
+    saved_momentum = [saved["optimizer"]["state"][i]["momentum_buffer"] for i in range(len(params))]
+    assert len(params) == len(saved["optimizer"]["state"]) > 0
+    for p, want in zip(params, saved_momentum):
+        buf = resumed.optimizer.state[p]["momentum_buffer"]
+        assert buf.data_ptr() == addresses[p] and buf is captured[p], "a new buffer: the graph would not see it"
+        assert torch.equal(buf, want.to(buf.device)), "the saved momentum was not copied in"
     run_steps(resumed, data[10:], rates[10:])
     for (name, a), b in zip(other.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=name)
+    for a, b in zip(momentum(resumed.optimizer), momentum(whole.optimizer)):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.cuda
@@ -493,10 +612,33 @@ def test_cuda_graph_trainer_trains_evaluates_and_resumes(synthetic_root, tmp_pat
     assert config_lib.load(tmp_path / "run" / "config.yaml").train.cuda_graph == "true"
 
 
+class SlowOnItsStream:
+    """A loader whose GPU work for each batch starts with ~50 ms of spinning on the stream it is
+    called on (the prefetcher's side stream): its batches are written only then."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            torch.cuda._sleep(100_000_000)
+            yield x * 1, y * 1  # new tensors, written after the spin, on this stream
+
+
 @pytest.mark.cuda
 @needs_cuda
 def test_prefetched_cuda_batches_equal_the_loaders(synthetic_root, tmp_path):
-    """On CUDA the batches are made on the side stream one step ahead; they are the same batches."""
+    """On CUDA the batches are made on the side stream one step ahead; the step (on the current
+    stream) must wait for them and their memory must outlive the step. Each batch's work is slowed
+    on the side stream and each batch is compared on the current stream as it arrives, then
+    dropped: without the wait the comparison reads the batch before it is written, and a batch
+    freed too early is overwritten by the next one's allocation."""
     from conftest import tiny_config
 
     from fastcifar.data import load_cifar
@@ -505,16 +647,19 @@ def test_prefetched_cuda_batches_equal_the_loaders(synthetic_root, tmp_path):
     cfg = tiny_config(synthetic_root, tmp_path / "run", loader__name="torch-gpu", train__device="cuda")
     data = load_cifar("cifar10", str(synthetic_root), "train", False)
     device = torch.device("cuda")
-    direct, through = (build_loader(cfg, "train", data, device) for _ in range(2))
-    through = prefetch(through, device)
+    direct = build_loader(cfg, "train", data, device)
+    through = prefetch(SlowOnItsStream(build_loader(cfg, "train", data, device)), device)
     assert through.stream is not None
     for loader in (direct, through):
         loader.set_epoch(2)
-    pairs = list(zip(direct, through, strict=True))
-    assert len(pairs) == len(direct) > 1
-    for (a, b), (c, d) in pairs:
+    mismatches, count = torch.zeros((), dtype=torch.int64, device=device), 0
+    for (a, b), (c, d) in zip(direct, through, strict=True):
         assert c.is_contiguous(memory_format=torch.channels_last)
-        assert torch.equal(a, c) and torch.equal(b, d)
+        mismatches += (a != c).sum() + (b != d).sum()  # queued on the current stream, no host sync
+        count += 1
+        del a, b, c, d  # nothing keeps a batch alive but the prefetcher's record_stream
+    assert count == len(direct) > 1
+    assert mismatches.item() == 0
 
 
 def test_a_cuda_graph_with_a_sgd_kernel_that_cannot_be_captured_is_refused_when_resolved():

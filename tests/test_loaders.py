@@ -147,6 +147,62 @@ def test_torch_gpu_augments_where_loader_device_says():
         assert str(e.value).startswith("loader.device: 'gpu' needs CUDA") and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("gpu_backend", [b for b in ("torch-gpu", "dali") if b in LOADERS])
+def test_cpu_augmented_batches_reach_an_accelerator_through_pinned_memory(gpu_backend, monkeypatch):
+    """loader.device=cpu for a GPU training device ('meta' stands in for it): every batch's images
+    (and torch-gpu's labels, gathered on the CPU) are copied through pinned memory, so the copy does
+    not make the host wait for the step in progress (the CUDA test below times that)."""
+    import fastcifar.pipelines.base as base
+
+    pinned = []
+
+    def pin_memory(t):  # CPU torch cannot pin: record what would be, and hand over a copy
+        pinned.append((tuple(t.shape), t.stride()))
+        return t.clone()
+
+    monkeypatch.setattr(base, "PINNED_COPY_DEVICES", ("cuda", "meta"))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    cfg = make_cfg(backend=gpu_backend, batch=32)
+    out = list(build_loader(cfg, "train", split(96), torch.device("meta")))
+    assert len(out) == 3 and all(x.device.type == y.device.type == "meta" for x, y in out)
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x, _ in out)
+    images = [p for p in pinned if len(p[0]) > 1]
+    assert len(images) == (3 if gpu_backend == "torch-gpu" else 1)  # dali: one run of K = 8 batches
+    if gpu_backend == "torch-gpu":
+        assert images[0] == ((32, 3, 32, 32), (3072, 1, 96, 3))  # the channels_last view, as it is
+        assert [p for p in pinned if len(p[0]) == 1] == [((32,), (1,))] * 3  # the labels
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("gpu_backend", [b for b in ("torch-gpu", "dali") if b in LOADERS])
+def test_cpu_augmenting_loaders_do_not_wait_for_the_gpu(gpu_backend):
+    """loader.device=cpu, prefetched for a CUDA model as the trainer does: with torch's stream busy
+    for about a second, the next batches are still handed out at once (a pageable non_blocking copy
+    would wait for the stream)."""
+    import time
+
+    from fastcifar.training.prefetch import prefetch
+
+    cfg = make_cfg(backend=gpu_backend, batch=64)  # dali: a pipeline run, and so a copy, per batch
+    cfg = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, dali_batches_per_run=1))
+    loader = prefetch(build_loader(cfg, "train", split(64 * 24), torch.device("cuda")), torch.device("cuda"))
+    loader.set_epoch(0)
+    batches = iter(loader)
+    first = next(batches)
+    assert first[0].device.type == "cuda"
+    torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # ~1 s of spinning at 2 GHz
+    start = time.perf_counter()
+    for _ in range(4):
+        next(batches)
+    host = time.perf_counter() - start
+    busy = not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    assert busy, "the GPU finished spinning before the batches were taken: the host waited for it"
+    assert host < 0.5, f"the loader waited for the GPU ({host:.2f} s)"
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_torch_gpu_on_the_cpu_feeds_a_cuda_model_the_same_images_without_augmentation():
@@ -159,6 +215,40 @@ def test_torch_gpu_on_the_cpu_feeds_a_cuda_model_the_same_images_without_augment
     for (x0, y0), (x1, y1) in zip(host, gpu, strict=True):
         assert x0.device.type == y0.device.type == "cuda"
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def every_pixel_value() -> CifarSplit:
+    """256 images, image v filled with the value v: every uint8 value the normalisation sees."""
+    images = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None, None], (256, 32, 32, 3)).copy()
+    return CifarSplit(images, np.zeros(256, np.int64), 10)
+
+
+def torch_gpu_eval_values(device: str) -> torch.Tensor:
+    cfg = make_cfg(backend="torch-gpu", **IDENTITY)
+    cfg = dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, device="auto"))
+    return torch.cat([x[:, 0, 0, 0] for x, _ in batches_on(cfg, every_pixel_value(), device)]).cpu()
+
+
+def batches_on(cfg, data, device, which="test"):
+    return list(build_loader(cfg, which, data, torch.device(device)))
+
+
+def test_torch_gpu_normalises_by_true_division():
+    """x / 255 as torchvision computes it on the CPU: IEEE division, correctly rounded, for every
+    value. CUDA's division by a Python number is a multiplication by its reciprocal, which is one
+    ulp off for many values (the control below); the loader divides by a device tensor instead,
+    and the CUDA test below checks CUDA gives these very values."""
+    values = torch.arange(256, dtype=torch.float64)
+    exact = (values / 255).float()  # float64 division, then one rounding: the correctly rounded quotient
+    assert torch.equal(torch_gpu_eval_values("cpu"), exact)
+    reciprocal = values.float() * torch.tensor(1 / 255, dtype=torch.float32)
+    assert (reciprocal != exact).sum() > 50  # the control: this test tells the two apart
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_gpu_normalises_every_value_alike_on_cpu_and_cuda():
+    assert torch.equal(torch_gpu_eval_values("cuda"), torch_gpu_eval_values("cpu"))
 
 
 def test_workers_are_at_most_the_usable_cpus(monkeypatch):

@@ -85,6 +85,25 @@ def build_loader(cfg: Config, split: str, data: CifarSplit, device: torch.device
     return LOADERS[cfg.loader.name](spec)
 
 
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t on the training device. From the CPU to an accelerator the copy goes through pinned memory:
+    from pageable memory a `non_blocking=True` CUDA copy is staged by the driver and returns only
+    once the stream reaches it, and a loader's stream (the prefetcher's side stream) waits for the
+    step in progress, so the host would stall every batch. The pinned block comes from torch's
+    caching host allocator, reused once the copy that read it is done (the copy records an event on
+    its stream): no allocation and no wait in the steady state. pin_memory keeps t's strides
+    (channels_last views stay so). From an accelerator to the CPU the copy is finished before the
+    CPU may read it: blocking."""
+    if t.device == device or device.type == "cpu":
+        return t.to(device)
+    if t.device.type != "cpu" or device.type not in PINNED_COPY_DEVICES:
+        return t.to(device, non_blocking=True)  # device to device: ordered on the stream
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+PINNED_COPY_DEVICES = ("cuda",)  # where host_to_device stages through pinned memory (the tests add 'meta')
+
+
 def to_model_input(images: torch.Tensor, spec: LoaderSpec) -> torch.Tensor:
     """NCHW images on the device in the agreed dtype and memory format."""
     fmt = torch.channels_last if spec.channels_last else torch.contiguous_format

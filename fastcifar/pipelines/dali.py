@@ -6,6 +6,9 @@ them (``loader.dali_batches_per_run``): the host work per run is a few operators
 whatever the batch size. Crop (zero padding) and flip are one ``multi_paste`` of B regions per
 sample from the batch stacked into one tall image and its mirror image (see ``frame_draws``): whole
 pixels moved, so exact, and on CPU about twice as fast as a per-frame ``warp_affine``.
+``loader.dali_crop=warp_affine`` does the same crop and flip as one ``warp_affine`` with a matrix per
+frame (nearest neighbour, so the same images): on the GPU ``multi_paste`` builds its B regions per
+sample on the host, which ``warp_affine`` avoids; which is faster there is for a GPU to measure.
 ``crop_mirror_normalize`` normalises the whole sample; random erasing comes after normalising, as
 B regions of one sample (``erase`` over FHW), in float32 (the GPU erase has no float16 kernel) and
 cast at the end.
@@ -18,8 +21,8 @@ or auto without CUDA): the same pipeline definition on CPU operators, fed numpy 
 the real DALI graph without a GPU.
 
 The draws stay keyed per batch: ``pipelines.torch_gpu.draw`` on a CPU generator seeded with
-(seed, epoch, rank, step), turned into one small [B, 13] float32 array per batch (paste and erase
-regions per frame). So DALI's CPU and GPU modes and the torch-gpu backend on CPU make
+(seed, epoch, rank, step), turned into one small [B, 19] float32 array per batch (paste and erase
+regions and an affine matrix per frame). So DALI's CPU and GPU modes and the torch-gpu backend on CPU make
 the very same draws for the same batch, and a resumed run sees the same images.
 
 DALI runs with its asynchronous dynamic executor, always at least one run ahead of the trainer:
@@ -34,7 +37,7 @@ import torch
 
 from fastcifar.threads import loader_threads
 from fastcifar.errors import ConfigError
-from fastcifar.pipelines.base import LoaderSpec, loader_device, register_loader
+from fastcifar.pipelines.base import LoaderSpec, host_to_device, loader_device, register_loader
 from fastcifar.pipelines.sharding import EpochPlan, index_tensor
 from fastcifar.pipelines.torch_gpu import draw
 
@@ -64,13 +67,21 @@ def uses_draws(spec: LoaderSpec) -> tuple[bool, bool]:
     return spec.train and (a.crop_padding > 0 or a.flip_p > 0), spec.train and a.erase_p > 0
 
 
-def frame_draws(spec: LoaderSpec, n: int, key: int, sample: int) -> np.ndarray:
-    """One batch's draws as the [n, 13] float32 array the pipeline reads, for the run's `sample`.
+DRAW_COLUMNS = 19  # paste regions 0:8, erase regions 8:13, warp_affine matrices 13:19
 
-    The batch's frames are stacked into one tall (n * 32, 32) image, its mirror image stacked below
-    it; frame f's crop is the part of its window (offset dy, dx from the unpadded image) that lies
-    inside the image, pasted onto a zero canvas at f * 32 shifted by the part outside: zero padding
-    without padding anything. A mirrored frame's window is the mirror image's, at -dx."""
+
+def frame_draws(spec: LoaderSpec, n: int, key: int, sample: int) -> np.ndarray:
+    """One batch's draws as the [n, 19] float32 array the pipeline reads, for the run's `sample`.
+
+    multi_paste (columns 0:8): the batch's frames are stacked into one tall (n * 32, 32) image, its
+    mirror image stacked below it; frame f's crop is the part of its window (offset dy, dx from the
+    unpadded image) that lies inside the image, pasted onto a zero canvas at f * 32 shifted by the
+    part outside: zero padding without padding anything. A mirrored frame's window is the mirror
+    image's, at -dx.
+    warp_affine (columns 13:19): per frame the 2x3 matrix taking an output point (x, y) to its source
+    point, in continuous coordinates (pixel i covers [i, i + 1)): x + dx, or 32 - x + dx mirrored,
+    and y + dy; nearest-neighbour sampling at pixel centres lands on whole pixels, so it is exact,
+    and points outside the image read the fill value 0: the zero padding."""
     a = spec.augment
     d = draw(a, n, torch.Generator().manual_seed(key), "cpu")
     # numpy from here: this runs on the host for every batch, and torch's per-op overhead doubled it
@@ -78,13 +89,17 @@ def frame_draws(spec: LoaderSpec, n: int, key: int, sample: int) -> np.ndarray:
     flip = d.flip.numpy()
     dx = np.where(flip, -dx, dx)
     frame = np.arange(n)
-    out = np.empty((n, 13), np.float32)
+    out = np.zeros((n, DRAW_COLUMNS), np.float32)
     out[:, 0] = (flip * n + frame) * 32 + np.maximum(dy, 0)
     out[:, 1], out[:, 2], out[:, 3] = np.maximum(dx, 0), 32 - np.abs(dy), 32 - np.abs(dx)
     out[:, 4], out[:, 5] = frame * 32 + np.maximum(-dy, 0), np.maximum(-dx, 0)
     out[:, 6], out[:, 7], out[:, 10] = sample, frame, 1
     box = d.erase_box.numpy()
     out[:, 8:10], out[:, 11:13] = box[:, :2], box[:, 2:]
+    dx_unflipped = d.offsets.numpy()[:, 1] - a.crop_padding
+    out[:, 13] = np.where(flip, -1, 1)  # [[±1, 0, tx], [0, 1, dy]]
+    out[:, 15] = np.where(flip, 32 + dx_unflipped, dx_unflipped)
+    out[:, 17], out[:, 18] = 1, dy
     return out
 
 
@@ -104,7 +119,11 @@ def build_pipeline(spec: LoaderSpec, device: str, runs_ahead: int):
         images = fn.external_source(name="images", device=device, layout="FHWC", no_copy=device == "cpu")
         if crop or erase:
             draws = fn.external_source(name="draws", layout="")
-        if crop:  # copies of whole samples and rows only: no per-frame operator
+        if crop and spec.loader.dali_crop == "warp_affine":  # one operator, a matrix per frame
+            matrices = fn.reshape(draws[:, 13:19], shape=[-1, 2, 3])
+            images = fn.warp_affine(images, matrix=fn.per_frame(matrices), size=[32, 32], fill_value=0,
+                                    interp_type=types.INTERP_NN, inverse_map=True)
+        elif crop:  # copies of whole samples and rows only: no per-frame operator
             def ints(lo, hi):
                 return fn.cast(draws[:, lo:hi], dtype=types.INT32)
 
@@ -179,7 +198,7 @@ class DaliLoader(EpochPlan):
         else:
             # the dynamic executor never reuses a returned buffer: a view, no copy of 100 MB a run
             (out,) = self.pipe.outputs()
-            result = torch.from_numpy(np.asarray(out.as_tensor())).to(s.device, non_blocking=True)
+            result = host_to_device(torch.from_numpy(np.asarray(out.as_tensor())), s.device)
         return result.to(s.dtype)
 
     def _warm_up(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fastcifar.config import AugmentConfig
-from fastcifar.pipelines.base import LoaderSpec, loader_device, register_loader
+from fastcifar.pipelines.base import LoaderSpec, host_to_device, loader_device, register_loader
 from fastcifar.pipelines.sharding import EpochPlan, index_tensor
 
 ERASE_TRIES = 10  # torchvision's RandomErasing tries 10 rectangles before giving up
@@ -63,13 +63,17 @@ class BatchAugment:
         self.augment, self.train, self.dtype = a, spec.train, spec.dtype
         self.mean = torch.tensor(a.mean, device=device)
         self.std = torch.tensor(a.std, device=device)
+        # a 0-dim tensor on the device, not the number 255: CUDA turns division by a Python number
+        # into multiplication by its reciprocal (one ulp off for about half the pixel values), CPU
+        # divides; by a device tensor both divide, so CPU and CUDA batches are equal to the bit
+        self.scale = torch.tensor(255.0, device=device)
         self.arange = torch.arange(32, device=device)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         d = draw(self.augment, x.shape[0], generator, x.device) if self.train else None
         if d is not None:
             x = self.crop_and_flip(x, d)
-        out = (x.float() / 255 - self.mean) / self.std  # torchvision's arithmetic, to the bit
+        out = (x.float() / self.scale - self.mean) / self.std  # torchvision's arithmetic, to the bit
         if d is not None and self.augment.erase_p > 0:
             out = self.erase(out, d)
         return out.to(self.dtype)
@@ -115,13 +119,11 @@ class TorchGpuLoader(EpochPlan):
             if generator is not None:
                 generator.manual_seed(self.key(step))
             images = self.augment(self.images[idx], generator).permute(0, 3, 1, 2)  # NCHW view
-            # no-ops when augmenting on the training device; a copy from the GPU to a CPU training
-            # device must be finished before the CPU reads it, so only copies to CUDA are asynchronous
-            to_cuda = s.device.type == "cuda"
-            images = images.to(s.device, non_blocking=to_cuda)
+            # no-ops when augmenting on the training device (loader.device auto)
+            images = host_to_device(images, s.device)
             if not s.channels_last:
                 images = images.contiguous()
-            yield images, self.labels[idx].to(s.device, non_blocking=to_cuda)
+            yield images, host_to_device(self.labels[idx], s.device)
 
 
 @register_loader("torch-gpu")

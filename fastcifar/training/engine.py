@@ -40,6 +40,12 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=cache)
 
 
+# torch.use_deterministic_algorithms(True) raises inside the first step on CUDA, for the loss's
+# nll_loss (outside the compiled model) and AdaptiveAvgPool2d's backward: refused before anything runs
+DETERMINISTIC_ON_CUDA = ("train.deterministic: true is not available on CUDA (the loss and the average "
+                         "pool's backward have no deterministic CUDA kernels); bit-exact reruns are a CPU "
+                         "feature: use --train.deterministic=false, or --train.device=cpu")
+
 # compile modes that capture CUDA graphs themselves: a whole-step graph cannot contain them
 GRAPHED_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
@@ -51,6 +57,8 @@ def resolve_runtime(train: TrainConfig, device: torch.device, distributed: bool 
     the eager/compiled step; 'true' where it cannot is an error, except under DDP, where it
     falls back with one line (printed when `announce`)."""
     cuda = device.type == "cuda"
+    if train.deterministic and cuda:
+        raise ConfigError(DETERMINISTIC_ON_CUDA)
     amp = train.amp if train.amp != "auto" else ("bf16" if cuda else "none")
     if amp == "fp16" and not cuda:
         raise ConfigError("train.amp: 'fp16' needs CUDA; use --train.amp=none (or bf16) on CPU")
@@ -92,7 +100,10 @@ def prepare_model(model: nn.Module, runtime: Runtime, distributed: bool):
     """-> (compiled, train_model): compiled is used for evaluation, train_model (DDP-wrapped
     when distributed) for training. The plain `model` stays the one whose state is saved."""
     model.to(runtime.device, memory_format=runtime.memory_format)
-    compiled = torch.compile(model, mode=runtime.compile_mode) if runtime.compile else model
+    # dynamic=False: every batch has one shape (train loaders drop the last partial batch, evaluation
+    # pads it), so a second shape (the eval batch after the train batch) must be a second static
+    # graph, not Dynamo's automatic dynamic-shape graph with a symbolic batch size for both
+    compiled = torch.compile(model, mode=runtime.compile_mode, dynamic=False) if runtime.compile else model
     train_model = compiled
     if distributed:
         ids = [runtime.device] if runtime.device.type == "cuda" else None
@@ -251,7 +262,8 @@ def average_buffers(model: nn.Module, world_size: int) -> None:
     for bufs in by_dtype.values():
         flat = _flatten_dense_tensors(bufs)
         torch.distributed.all_reduce(flat)
-        flat.div_(world_size)
+        # by a device tensor: a Python-number divisor is a reciprocal multiply on CUDA (torch_gpu.py)
+        flat.div_(torch.tensor(world_size, dtype=flat.dtype, device=flat.device))
         for buf, averaged in zip(bufs, _unflatten_dense_tensors(flat, bufs)):
             buf.copy_(averaged)
 

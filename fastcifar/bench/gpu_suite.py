@@ -1,0 +1,391 @@
+"""The GPU suite: validation and measurements for a GPU machine, as named steps, each one command that
+finishes within a few minutes on one H100, each runnable alone, in the order a GPU round runs them.
+
+    python benchmarks/gpu_suite.py STEP [STEP ...] --data-root /root/data --dali-path /root/site --out "$OUT"
+
+Every step writes `<step>.log` (the full output of its commands) and `<step>.json` (each command, its exit
+status, seconds and checks) into --out as it goes, measurements as `<step>-<what>.json` (throughput.py writes
+them after every depth), and prints a short table last. The exit status is 1 when any command failed or a
+check did not hold, 2 on bad options. `--device cpu` is the dry run: every step at tiny sizes on the CPU
+(ResNet-8, a few steps), so that a typo never reaches a GPU; the test suite runs it.
+
+Steps (issue #20: 1 validate, 2 loaders, 3 the step); the estimates are for one H100 and come from the
+H100 results in benchmarks/results/ (2026-11-23): a cold compile of ResNet-20 took 20 s at batch 1024,
+ResNet-56 34 s and ResNet-110 65 s at batch 512 (the first step minus a typical one); throughput.py compiles
+each (depth, batch) cold and again warm (taken as half of cold), times 3 x 20 steps of the model alone
+(ResNet-110 at batch 512: 13k images/s) and an epoch of warm-up plus 3 x 20 steps end to end; add 15 s of
+start-up (imports, data) per process. The CUDA tests: the 2026-11-23 run of test_dali.py took 11 s; the
+engine's compile tests compile ResNet-8 (about 15 s each, 4 of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from fastcifar.bench import common
+from fastcifar.environment import REPO
+
+# the ways the step is run (issue #20, step 3): each a set of config overrides for throughput.py
+WAYS = {
+    "graph": ["--train.cuda_graph=true"],  # the whole step as one CUDA graph (fused SGD); auto in the dry run
+    "reduce-overhead": ["--train.compile_mode=reduce-overhead"],  # torch.compile's own CUDA graphs
+    "plain": [],  # compiled (default mode), no graph
+    "foreach": ["--optim.implementation=foreach"],  # as plain, foreach SGD instead of fused
+}
+CUDA_TEST_FILES = {
+    "tests-loaders": ["tests/test_loaders.py", "tests/test_dali.py", "tests/test_dali_runs.py"],
+    "tests-engine": ["tests/test_engine.py", "tests/test_training.py"],
+}
+RECIPE = "configs/resnet20.yml"
+
+
+@dataclass
+class Command:
+    """One process of a step. check(result) -> a problem, or None when the command did what it should."""
+
+    what: str
+    argv: list[str] | Callable[[], list[str]]  # a callable is built when the command starts
+    check: Callable[[dict], str | None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    stop_when: Callable[[], bool] | None = None  # then SIGTERM it (the stop-and-resume run)
+    out: Path | None = None  # the JSON it writes, if any
+
+
+@dataclass
+class Step:
+    name: str
+    what: str
+    minutes: float  # expected on one H100 (module docstring: how)
+    commands: Callable[[argparse.Namespace], list[Command]]
+
+
+# ---- sizes: the GPU round's, or the dry run's ------------------------------------------------------
+def sizes(args) -> dict:
+    if args.device == "cpu":
+        return {"train": ["--model.name=resnet8", "--train.batch_size=32", "--loader.eval_batch_size=100",
+                          "--loader.workers=0", "--train.log_every=2"],
+                "max_steps": 3, "stop_epochs": 6, "depths": ["8"], "batch_sizes": ["32"],
+                "timing": ["--steps", "2", "--warmup", "0", "--repeats", "1"], "workers": 0}
+    return {"train": ["--train.log_every=20"], "max_steps": 100, "stop_epochs": 30, "depths": None,
+            "batch_sizes": None, "timing": ["--steps", "20", "--warmup", "5", "--repeats", "3"], "workers": 16}
+
+
+def run_py(args, run_dir: Path, *extra: str) -> list[str]:
+    """A training run of the seed recipe on the staged data (never a download), into run_dir."""
+    return [sys.executable, "run.py", RECIPE, f"--data.root={args.data_root}", "--data.download=false",
+            f"--train.device={args.device}", "--train.progress=false", f"--train.run_dir={run_dir}",
+            *sizes(args)["train"], *extra]
+
+
+def summary_of(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def expect(run_dir: Path, exit_code: int, status: str, **fields) -> Callable[[dict], str | None]:
+    """A check: the exit status, and summary.json's status (and any other fields) as given."""
+    def check(result: dict) -> str | None:
+        summary = result["summary"] = summary_of(run_dir)
+        if result["exit"] != exit_code:
+            return f"exit {result['exit']}, expected {exit_code}"
+        wanted = {"status": status, **fields}
+        wrong = {k: summary.get(k) for k, v in wanted.items() if summary.get(k) != v}
+        return f"summary.json has {wrong}, expected {wanted}" if wrong else None
+
+    return check
+
+
+# ---- step 1: validate -------------------------------------------------------------------------------
+def cuda_tests(name: str):
+    def commands(args) -> list[Command]:
+        xml = args.out / f"{name}.xml"
+        files = args.test_files or CUDA_TEST_FILES[name]
+        argv = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "cuda",
+                f"--junitxml={xml}", *files]
+
+        def check(result: dict) -> str | None:
+            counts = junit_counts(xml)
+            result["tests"] = counts
+            if result["exit"] != 0:
+                return f"pytest exit {result['exit']}: {counts}"
+            if counts.get("tests", 0) == 0:
+                return "no test ran"
+            if args.device == "cuda" and counts.get("skipped"):
+                return f"{counts['skipped']} CUDA tests skipped on a GPU machine (see the log's skip reasons)"
+            return None
+
+        # DALI tests fail instead of skipping when DALI is missing (tests/conftest.py: import_dali)
+        return [Command(f"pytest -m cuda ({len(files)} files)", argv, check, env={"FASTCIFAR_REQUIRE_DALI": "1"})]
+
+    return commands
+
+
+def junit_counts(path: Path) -> dict:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} if suite is not None else {}
+
+
+def short_runs(args) -> list[Command]:
+    """The trainer end to end on the real data, cut short by train.max_steps: one run per loader, and
+    the whole-step graph with the prefetcher (on CPU cuda_graph=auto, which runs the plain step)."""
+    graph = way_overrides(args, "graph")[0].split("=")[1]
+    runs = {"dali": ["--loader.name=dali"], "torch-gpu": ["--loader.name=torch-gpu"],
+            "torch-gpu-graph": ["--loader.name=torch-gpu", f"--train.cuda_graph={graph}"]}
+    n = sizes(args)["max_steps"]
+    out = []
+    for label, extra in runs.items():
+        run_dir = fresh_dir(args.runs / label)
+        fields = {"steps": n, "cuda_graph": True} if label.endswith("graph") and graph == "true" else {"steps": n}
+        out.append(Command(f"run.py {label}, {n} steps", run_py(args, run_dir, *extra, f"--train.max_steps={n}"),
+                           expect(run_dir, 0, "cut_short", **fields)))
+    return out
+
+
+def stop_resume_and_nccl(args) -> list[Command]:
+    """SIGTERM during the first epoch: the run stops after it with a checkpoint (exit 3); --resume trains
+    one more epoch, cut there by train.max_steps (exit 0). Then one process under torchrun: a process group
+    of one (NCCL on CUDA, gloo on CPU) and DDP, cut short."""
+    run_dir = fresh_dir(args.runs / "stop-resume")
+    s = sizes(args)
+    first = run_py(args, run_dir, "--loader.name=torch-gpu", f"--train.epochs={s['stop_epochs']}")
+
+    def logged() -> bool:  # a first step line: the signal handler is in place, the first epoch under way
+        return (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0
+
+    def resume_argv() -> list[str]:  # built when it runs: one epoch past where the first run stopped
+        summary = summary_of(run_dir)
+        per_epoch = summary.get("steps", 0) // max(1, summary.get("epochs", 1))
+        return [*first, "--resume", f"--train.max_steps={summary.get('steps', 0) + per_epoch}"]
+
+    stopped_at = {}
+
+    def after_stop(result: dict) -> str | None:
+        stopped_at.update(summary_of(run_dir))
+        return expect(run_dir, 3, "stopped")(result) or (
+            None if stopped_at.get("epochs", 0) >= 1 else "stopped before a whole epoch")
+
+    def resumed(result: dict) -> str | None:  # it went on from the checkpoint: one epoch more, not all anew
+        return expect(run_dir, 0, "cut_short", epochs=stopped_at.get("epochs", 0) + 1)(result)
+
+    ddp_dir = fresh_dir(args.runs / "torchrun")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                *run_py(args, ddp_dir, "--loader.name=torch-gpu", f"--train.max_steps={s['max_steps']}")[1:]]
+    nccl = {"NCCL_DEBUG": "INFO"} if args.device == "cuda" else {}
+    return [Command("run.py, SIGTERM in epoch 1", first, after_stop, stop_when=logged),
+            Command("run.py --resume, one more epoch", resume_argv, resumed),
+            Command("torchrun --nproc_per_node=1 run.py", torchrun,
+                    expect(ddp_dir, 0, "cut_short", world_size=1), env=nccl)]
+
+
+def fresh_dir(path: Path) -> Path:
+    """A run directory no earlier call has written into (a stale summary.json must not pass a check)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+# ---- steps 2 and 3: measurements through throughput.py -------------------------------------------------
+def throughput(args, label: str, depths: list[str], batch_sizes: list[str], loaders: list[str], *overrides: str,
+               alone: bool = False) -> Command:
+    s = sizes(args)
+    out = args.out / f"{args.current}-{label}.json"
+    argv = [sys.executable, "-m", "fastcifar.bench.throughput", "--device", args.device,
+            "--data", "cifar10", f"--data.root={args.data_root}", "--data.download=false",
+            "--depths", *(s["depths"] or args.depths or depths),
+            "--batch-sizes", *(s["batch_sizes"] or args.batch_sizes or batch_sizes),
+            "--loaders", *(args.loaders or loaders), *(timing_args(args) or s["timing"]),
+            "--no-baseline", f"--loader.workers={s['workers']}", "--out", str(out), *overrides]
+
+    def check(result: dict) -> str | None:
+        if result["exit"] != 0:
+            return f"exit {result['exit']}"
+        data = json.loads(out.read_text()) if out.is_file() else {}
+        errors = [e for r in data.get("results", []) for b in r["batches"] for e in figure_errors(b)]
+        if not data.get("complete"):
+            return "the result file is missing or incomplete"
+        return f"figures failed: {errors[0]}" if errors else None
+
+    return Command(f"throughput {label}", argv, check, out=out)
+
+
+def figure_errors(batch: dict) -> list[str]:
+    """The errors of one batch size's figures: the model alone, each loader, its two figures."""
+    figures = [batch["model_alone"], *(entry for loader in batch["loaders"].values()
+                                       for entry in (loader, loader.get("loader_alone"), loader.get("end_to_end")))]
+    return [f["error"] for f in figures if isinstance(f, dict) and f.get("error")]
+
+
+def timing_args(args) -> list[str]:
+    given = {"--steps": args.timed_steps, "--warmup": args.warmup, "--repeats": args.repeats}
+    if all(v is None for v in given.values()):
+        return []
+    default = dict(zip(sizes(args)["timing"][::2], sizes(args)["timing"][1::2]))
+    return [x for k, v in given.items() for x in (k, str(v if v is not None else default[k]))]
+
+
+def loaders_step(args) -> list[Command]:
+    """ResNet-20 at batch 1024: loader alone, model alone and end to end for every loader; then DALI with
+    the other crop operator (loader.dali_crop)."""
+    return [throughput(args, "loaders", ["20"], ["1024"], ["dali", "torch-gpu", "torchvision"]),
+            throughput(args, "dali-warp-affine", ["20"], ["1024"], ["dali"], "--loader.dali_crop=warp_affine")]
+
+
+def step_step(depth: int, ways: list[str]):
+    def commands(args) -> list[Command]:
+        return [throughput(args, way, [str(depth)], ["1024", "128"], ["torch-gpu"], *way_overrides(args, way))
+                for way in (args.ways or ways)]
+
+    return commands
+
+
+def way_overrides(args, way: str) -> list[str]:
+    """On the CPU (the dry run) a graph cannot be captured: cuda_graph=auto runs the same command quietly."""
+    return [o.replace("cuda_graph=true", "cuda_graph=auto") if args.device == "cpu" else o for o in WAYS[way]]
+
+
+STEPS = {s.name: s for s in [
+    Step("tests-loaders", "CUDA tests of the loaders, DALI required", 2, cuda_tests("tests-loaders")),
+    Step("tests-engine", "CUDA tests of the step, graphs, prefetch and trainer", 4, cuda_tests("tests-engine")),
+    Step("runs", "ResNet-20 runs cut short: dali, torch-gpu, torch-gpu + cuda_graph", 2.5, short_runs),
+    Step("stop-resume", "SIGTERM then --resume; one NCCL process group under torchrun", 3, stop_resume_and_nccl),
+    Step("loaders", "R20 batch 1024: every loader; DALI by multi_paste and warp_affine", 3, loaders_step),
+    *[Step(f"step-r{depth}-{part}", f"R{depth} at batch 1024 and 128: {' and '.join(ways)}", minutes,
+           step_step(depth, ways))
+      for depth, minutes in ((20, 3), (56, 5)) for part, ways in (("graphs", ["graph", "reduce-overhead"]),
+                                                                  ("plain", ["plain", "foreach"]))],
+    *[Step(f"step-r110-{way}", f"R110 at batch 1024 and 128: {way}", 4.5, step_step(110, [way])) for way in WAYS],
+]}
+GROUPS = {"validate": ["tests-loaders", "tests-engine", "runs", "stop-resume"],
+          "measure": ["loaders", *[n for n in STEPS if n.startswith("step-")]]}
+
+
+# ---- running ----------------------------------------------------------------------------------------
+def run_command(cmd: Command, env: dict, log, deadline: float) -> dict:
+    argv = cmd.argv() if callable(cmd.argv) else cmd.argv
+    log.write(f"\n== {cmd.what}: {shlex.join(argv)}\n")
+    log.flush()
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=REPO, env={**env, **cmd.env}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    signalled = timed_out = False
+    while proc.poll() is None:
+        if time.monotonic() > deadline:  # the step's time is up: stop it, keep what it wrote
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        if cmd.stop_when is not None and not signalled and cmd.stop_when():
+            proc.send_signal(signal.SIGTERM)
+            signalled = True
+        time.sleep(0.1)
+    result = {"what": cmd.what, "command": shlex.join(argv), "exit": proc.wait(),
+              "seconds": round(time.monotonic() - start, 1), "signalled": signalled}
+    if cmd.stop_when is not None and not signalled:
+        problem = "exited before the signal could be sent"
+    elif timed_out:
+        problem = "killed at the step's time limit (--limit)"
+    else:
+        problem = cmd.check(result) if cmd.check else (None if result["exit"] == 0 else f"exit {result['exit']}")
+    result["problem"] = problem
+    log.write(f"== {cmd.what}: exit {result['exit']} after {result['seconds']} s"
+              f"{': ' + problem if problem else ''}\n")
+    log.flush()
+    return result
+
+
+def run_step(step: Step, args) -> list[dict]:
+    args.current = step.name
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in [*args.dali_path, str(REPO), os.environ.get("PYTHONPATH")] if p))
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run stays on the CPU even where a GPU is present
+    report = {"step": step.name, "what": step.what, "expected_minutes_h100": step.minutes, "device": args.device,
+              "results": []}
+    deadline = time.monotonic() + args.limit
+    with open(args.out / f"{step.name}.log", "a") as log:
+        for cmd in step.commands(args):
+            report["results"].append(run_command(cmd, env, log, deadline))
+            common.write_json(args.out / f"{step.name}.json", {**report, "environment": environment_line()})
+    return report["results"]
+
+
+def environment_line() -> dict:
+    from fastcifar.environment import environment
+
+    return environment()
+
+
+def parse_args(argv):
+    p = common.parser("gpu_suite.py", __doc__)
+    names = [*STEPS, *GROUPS]
+    p.add_argument("names", nargs="+", metavar="STEP", choices=names, help=f"one or more of: {', '.join(names)}")
+    p.add_argument("--data-root", type=Path, default=Path("/root/data"),
+                   help="holds cifar10/{train,test}.npz (where the staging guide puts it)")
+    p.add_argument("--dali-path", type=Path, nargs="*", default=[Path("/root/site")],
+                   help="folders put before PYTHONPATH, where DALI is installed (none: --dali-path)")
+    p.add_argument("--out", type=Path, default=Path("gpu_out"), help="the output folder: logs and JSON")
+    p.add_argument("--runs", type=Path, help="run directories (default: <out>/../gpu_runs, kept out of --out)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the dry run, tiny sizes")
+    p.add_argument("--limit", type=common.seconds, default=480.0, help="seconds a step may take, then killed")
+    p.add_argument("--depths", nargs="+", help="throughput depths instead of the step's")
+    p.add_argument("--batch-sizes", nargs="+", help="throughput batch sizes instead of the step's")
+    p.add_argument("--loaders", nargs="+", help="throughput loaders instead of the step's")
+    p.add_argument("--ways", nargs="+", choices=list(WAYS), help="the ways a step-* step runs the step")
+    p.add_argument("--steps", dest="timed_steps", type=common.positive_int,
+                   help="timed steps per repeat (throughput.py)")
+    p.add_argument("--warmup", type=common.non_negative_int, help="untimed steps (throughput.py)")
+    p.add_argument("--repeats", type=common.positive_int, help="timings per figure (throughput.py)")
+    p.add_argument("--test-files", nargs="+", help="CUDA test files instead of the step's")
+    args = p.parse_args(argv)
+    args.names = list(dict.fromkeys(s for name in args.names for s in GROUPS.get(name, [name])))
+    if not (args.data_root / "cifar10" / "train.npz").is_file():
+        p.exit(2, f"gpu_suite.py: error: --data-root: {args.data_root}/cifar10/train.npz not found "
+                  "(the staging guide's data lands in /root/data)\n")
+    missing = [str(d) for d in args.dali_path if not d.is_dir()]
+    if missing:
+        p.exit(2, f"gpu_suite.py: error: --dali-path: {missing[0]} is not a folder (give --dali-path with no "
+                  "folder where DALI is installed normally)\n")
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.runs = (args.runs or args.out.parent / "gpu_runs").resolve()
+    args.data_root = args.data_root.resolve()
+    return args
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    return common.markdown_table(["step", "command", "exit", "seconds", "result"], [
+        [step, r["what"], r["exit"], r["seconds"], r["problem"] or "ok"] for step, r in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = []
+    for name in args.names:
+        step = STEPS[name]
+        common.log(f"gpu_suite.py: {name}: {step.what} (about {step.minutes} min on one H100)")
+        rows += [(name, r) for r in run_step(step, args)]
+    print(table(rows))
+    failed = [r for _, r in rows if r["problem"]]
+    print(f"gpu_suite.py: {len(rows) - len(failed)} of {len(rows)} commands ok; logs and JSON in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
