@@ -100,14 +100,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def default_sigint() -> None:
-    """preexec_fn for a child that must be Ctrl-C-able: a pytest started in the background (a
-    script's `&`, nohup) ignores SIGINT, its children inherit that, and run.py rightly honours an
-    ignored SIGINT, so a test's SIGINT would never arrive."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
 
 def tiny_overrides(root: Path, run_dir: Path, **extra) -> list[str]:
     """A fast CPU training setup: resnet8, fp32 eager, small batches, no warm-up."""
