@@ -159,9 +159,9 @@ def short_runs(args) -> list[Command]:
 
 
 def stop_resume_and_nccl(args) -> list[Command]:
-    """SIGTERM during the first epoch: the run stops after it with a checkpoint (exit 3); --resume trains
-    one more epoch, cut there by train.max_steps (exit 0). Then one process under torchrun: a process group
-    of one (NCCL on CUDA, gloo on CPU) and DDP, cut short."""
+    """SIGTERM during the first epoch: the run stops at its next step with a checkpoint of that step
+    (exit 3); --resume continues from that checkpoint for train.max_steps more steps (exit 0). Then one
+    process under torchrun: a process group of one (NCCL on CUDA, gloo on CPU) and DDP, cut short."""
     run_dir = fresh_dir(args.runs / "stop-resume")
     s = sizes(args)
     first = run_py(args, run_dir, "--loader.name=torch-gpu", f"--train.epochs={s['stop_epochs']}")
@@ -169,27 +169,34 @@ def stop_resume_and_nccl(args) -> list[Command]:
     def logged() -> bool:  # a first step line: the signal handler is in place, the first epoch under way
         return (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0
 
-    def resume_argv() -> list[str]:  # built when it runs: one epoch past where the first run stopped
-        summary = summary_of(run_dir)
-        per_epoch = summary.get("steps", 0) // max(1, summary.get("epochs", 1))
-        return [*first, "--resume", f"--train.max_steps={summary.get('steps', 0) + per_epoch}"]
+    def events(kind: str) -> list[dict]:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+        return [r for r in map(json.loads, lines) if r.get("event") == kind]
+
+    def resume_argv() -> list[str]:  # built when it runs: max_steps more than where the first run stopped
+        return [*first, "--resume", f"--train.max_steps={summary_of(run_dir).get('steps', 0) + s['max_steps']}"]
 
     stopped_at = {}
 
     def after_stop(result: dict) -> str | None:
         stopped_at.update(summary_of(run_dir))
+        stops = events("stopped")
         return expect(run_dir, 3, "stopped")(result) or (
-            None if stopped_at.get("epochs", 0) >= 1 else "stopped before a whole epoch")
+            None if stops and stopped_at.get("steps", 0) >= 1 else "no stop at a step was logged")
 
-    def resumed(result: dict) -> str | None:  # it went on from the checkpoint: one epoch more, not all anew
-        return expect(run_dir, 0, "cut_short", epochs=stopped_at.get("epochs", 0) + 1)(result)
+    def resumed(result: dict) -> str | None:  # it went on from the stop's checkpoint, not all anew
+        steps = stopped_at.get("steps", 0) + s["max_steps"]
+        resumes, stops = events("resume"), events("stopped")
+        if not (resumes and stops and resumes[-1].get("checkpoint") == stops[-1].get("checkpoint")):
+            return "the run did not resume from the checkpoint its stop wrote"
+        return expect(run_dir, 0, "cut_short", steps=steps)(result)
 
     ddp_dir = fresh_dir(args.runs / "torchrun")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                 *run_py(args, ddp_dir, "--loader.name=torch-gpu", f"--train.max_steps={s['max_steps']}")[1:]]
     nccl = {"NCCL_DEBUG": "INFO"} if args.device == "cuda" else {}
     return [Command("run.py, SIGTERM in epoch 1", first, after_stop, stop_when=logged),
-            Command("run.py --resume, one more epoch", resume_argv, resumed),
+            Command("run.py --resume, max_steps more", resume_argv, resumed),
             Command("torchrun --nproc_per_node=1 run.py", torchrun,
                     expect(ddp_dir, 0, "cut_short", world_size=1), env=nccl)]
 
