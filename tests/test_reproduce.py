@@ -144,7 +144,7 @@ def test_a_deadline_stops_the_run_and_the_next_call_finishes_it(tmp_path, config
     run_dir = tmp_path / "runs" / "resnet8-seed0"
     # a slow machine may reach the deadline before run.py has started training (then no checkpoint
     # exists yet): try again with a longer one rather than depend on the machine's speed
-    for deadline in (6, 12, 24, 48):
+    for tries, deadline in enumerate((6, 12, 24, 48), 1):  # each a segment: a stop is at a step, with a checkpoint
         first = call([*args, "--deadline", str(deadline), "--min-start", "0", "--grace", "120"])
         assert first.returncode == 0, first.stderr[-3000:]
         [run] = status(tmp_path)["runs"]
@@ -167,7 +167,7 @@ def test_a_deadline_stops_the_run_and_the_next_call_finishes_it(tmp_path, config
     assert (run["state"], run["epochs_done"]) == ("finished", EPOCHS_TO_BRIDGE)
     [r] = results(tmp_path).values()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert r["segments"] == 2 and r["epochs"] == EPOCHS_TO_BRIDGE
+    assert r["segments"] == tries + 1 and r["epochs"] == EPOCHS_TO_BRIDGE
     assert r["commands"][-1] == r["command"] + " --resume"
     assert [p["epoch"] for p in r["curve"]] == list(range(1, EPOCHS_TO_BRIDGE + 1))  # each epoch once
     assert (r["final_top1"], r["final_top5"]) == (summary["final_top1"], summary["final_top5"])
