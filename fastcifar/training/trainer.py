@@ -318,8 +318,9 @@ class Trainer:
                 self.check_finite("training loss", mean_loss)
                 now = time.perf_counter()
                 ips = window_steps * cfg.batch_size / (now - window_start)
+                # time: seconds since the epoch (Unix), so that concurrent runs can be lined up in time
                 self.log_event({"step": self.step, "epoch": self.epoch + (i + 1) / steps,
-                                "loss": mean_loss, "lr": lr, "images_per_s": ips})
+                                "loss": mean_loss, "lr": lr, "images_per_s": ips, "time": time.time()})
                 self.progress.window(self.step, mean_loss, lr)
                 window_loss.zero_()
                 window_start, window_steps = now, 0
