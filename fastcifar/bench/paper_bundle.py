@@ -1,0 +1,178 @@
+"""Paper runs that outlive a GPU machine: each run of reproduce.py travels as one archive, is banked in the
+repository, and comes back to the next machine to be resumed from its checkpoint.
+
+    # on the GPU machine, around reproduce.py (the GPU suite's paper-r<D> steps do this):
+    python benchmarks/paper_bundle.py restore --depth 20 --seeds 0 1 2 --runs-dir RUNS
+    python benchmarks/reproduce.py --depths 20 --seeds 0 1 2 --runs-dir RUNS --out RUNS/results ...
+    python benchmarks/paper_bundle.py pack --depth 20 --seeds 0 1 2 --runs-dir RUNS --out OUT
+    # back on the development machine, with the archives that came back:
+    python benchmarks/paper_bundle.py bank OUT/paper-resnet20-seed*.tar.gz
+
+An archive holds the run directory (config.yaml, metrics.jsonl, log.txt, summary.json and, while the run is
+unfinished, the one checkpoint a resume starts from), its final weights and its result file once finished.
+`bank` puts the run into benchmarks/results/paper_runs/resnet<D>-seed<S>/ (replacing what was there), the
+weights beside it as resnet<D>-seed<S>.pt (what export_weights.py --weights-from reads) and the result file
+into benchmarks/results/. `restore` copies the banked, unfinished runs into the run folder, where
+reproduce.py resumes them (a run already in that folder, from an earlier call on the same machine, is kept);
+a finished run is not restored, and `unfinished` lists the seeds left to run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+from fastcifar import rundir
+from fastcifar.bench import common
+from fastcifar.training import checkpoint as ckpt
+
+BANK = common.RESULTS_DIR / "paper_runs"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "log.txt", "summary.json")
+MAX_ARCHIVE_BYTES = 16 * 2**20  # what one file of an output folder may weigh on the GPU machine
+RESULTS = "results"  # reproduce.py's --out inside the run folder: its result files
+
+
+def run_name(depth: int, seed: int) -> str:
+    return f"resnet{depth}-seed{seed}"
+
+
+def archive_name(depth: int, seed: int) -> str:
+    return f"paper-{run_name(depth, seed)}.tar.gz"
+
+
+def unfinished(bank: Path, depth: int, seeds: list[int]) -> list[int]:
+    """The seeds whose banked run is missing or not finished."""
+    return [s for s in seeds if not rundir.is_finished(bank / run_name(depth, s))]
+
+
+def restore(bank: Path, runs_dir: Path, depth: int, seeds: list[int]) -> list[str]:
+    """Copy each banked unfinished run (one with a checkpoint) into runs_dir; returns what was restored."""
+    done = []
+    for seed in unfinished(bank, depth, seeds):
+        source, target = bank / run_name(depth, seed), runs_dir / run_name(depth, seed)
+        if ckpt.latest_checkpoint(source) is None:
+            continue  # nothing to resume: reproduce.py starts it afresh
+        if target.exists():  # run on this machine since it was banked: at least as far as the bank
+            done.append(f"{run_name(depth, seed)}: kept the run in {target}")
+            continue
+        shutil.copytree(source, target)
+        done.append(f"{run_name(depth, seed)}: restored at epoch {ckpt.latest_epoch(target)}")
+    return done
+
+
+def members(runs_dir: Path, depth: int, seed: int, results: Path) -> list[tuple[Path, str]]:
+    """(file, name in the archive) of one run; only the newest checkpoint while it is unfinished."""
+    name = run_name(depth, seed)
+    run = runs_dir / name
+    files = [(run / f, f"{name}/{f}") for f in RUN_FILES if (run / f).is_file()]
+    if rundir.is_finished(run):
+        weights = runs_dir / f"{name}.pt"
+        if weights.is_file():
+            files.append((weights, f"{name}.pt"))
+        files += [(p, f"{RESULTS}/{p.name}") for p in sorted(results.glob(f"*_paper_resnet{depth}_seed{seed}.json"))]
+    elif (latest := ckpt.latest_checkpoint(run)) is not None:
+        files.append((latest, f"{name}/{latest.name}"))
+    return files
+
+
+def pack(runs_dir: Path, out: Path, depth: int, seeds: list[int], results: Path | None = None) -> list[Path]:
+    """One archive per run that has a run folder, each under MAX_ARCHIVE_BYTES; results: reproduce.py's --out
+    (default runs_dir/results)."""
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        files = members(runs_dir, depth, seed, results or runs_dir / RESULTS)
+        if not files:
+            continue
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+            for path, arcname in files:
+                tar.add(path, arcname=arcname)
+        if buffer.tell() > MAX_ARCHIVE_BYTES:
+            raise SystemExit(f"paper_bundle.py: error: {archive_name(depth, seed)} would be {buffer.tell() / 2**20:.1f} "
+                             f"MiB, over the {MAX_ARCHIVE_BYTES / 2**20:.0f} MiB an output file may have")
+        path = out / archive_name(depth, seed)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(buffer.getvalue())
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def bank(archive: Path, bank_dir: Path, results_dir: Path) -> str:
+    """Unpack one archive into the bank and the results folder; returns a line saying what it holds."""
+    with tarfile.open(archive, "r:gz") as tar:
+        names = tar.getnames()
+        runs = {n.split("/")[0] for n in names if "/" in n and not n.startswith(f"{RESULTS}/")}
+        bad = [n for n in names if n.startswith("/") or ".." in Path(n).parts]
+        if len(runs) != 1 or bad or not next(iter(runs)).startswith("resnet"):
+            raise SystemExit(f"paper_bundle.py: error: {archive} is not a paper-run archive "
+                             f"(expected one resnet<D>-seed<S>/ folder, found {sorted(runs) or names[:3]})")
+        name = runs.pop()
+        target = bank_dir / name
+        staging = bank_dir / f".{name}.incoming"
+        shutil.rmtree(staging, ignore_errors=True)
+        tar.extractall(staging, filter="data")
+    shutil.rmtree(target, ignore_errors=True)  # the archive holds the run's whole history: it replaces the bank's
+    (staging / name).replace(target)
+    if (staging / f"{name}.pt").is_file():
+        (staging / f"{name}.pt").replace(bank_dir / f"{name}.pt")
+    for result in sorted((staging / RESULTS).glob("*.json")) if (staging / RESULTS).is_dir() else []:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        result.replace(results_dir / result.name)
+    shutil.rmtree(staging)
+    summary = rundir.read_json(target / "summary.json") or {}
+    latest = ckpt.latest_checkpoint(target)
+    state = (f"finished, final top-1 {summary.get('final_top1')}" if summary.get("finished")
+             else f"unfinished, resumes from {latest.name}" if latest else "unfinished, no checkpoint")
+    return f"{name}: {state}"
+
+
+def build_parser():
+    p = common.parser("paper_bundle.py", __doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("restore", "pack", "unfinished"):
+        s = sub.add_parser(name, formatter_class=common.Formatter)
+        s.add_argument("--depth", type=common.depth, required=True)
+        s.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0, 1, 2])
+        s.add_argument("--bank", type=Path, default=BANK, help="the banked runs")
+        if name != "unfinished":
+            s.add_argument("--runs-dir", type=Path, required=True, help="reproduce.py's --runs-dir")
+        if name == "pack":
+            s.add_argument("--out", type=Path, required=True, help="folder for the archives")
+            s.add_argument("--results", type=Path, help="reproduce.py's --out (default: RUNS_DIR/results)")
+    b = sub.add_parser("bank", formatter_class=common.Formatter)
+    b.add_argument("archives", type=Path, nargs="+")
+    b.add_argument("--bank", type=Path, default=BANK, help="where runs are banked")
+    b.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR, help="where result files go")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.command == "unfinished":
+        print(json.dumps(unfinished(args.bank, args.depth, args.seeds)))
+    elif args.command == "restore":
+        args.runs_dir.mkdir(parents=True, exist_ok=True)
+        for line in restore(args.bank, args.runs_dir, args.depth, args.seeds) or ["nothing to restore"]:
+            print(line)
+    elif args.command == "pack":
+        for path in pack(args.runs_dir, args.out, args.depth, args.seeds, args.results):
+            print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
+    else:
+        missing = [a for a in args.archives if not a.is_file()]
+        if missing:
+            p.error(f"{missing[0]}: no such file")
+        args.bank.mkdir(parents=True, exist_ok=True)
+        for archive in args.archives:
+            print(bank(archive, args.bank, args.results_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
