@@ -1,14 +1,21 @@
-"""The GPU suite (fastcifar/bench/gpu_suite.py): every step dry-run on the CPU at tiny sizes, so that a
-typo never reaches a GPU; a failing command fails the suite; DALI required means DALI tests fail."""
+"""The GPU suite (fastcifar/bench/gpu_suite.py): every kind of step dry-run on the CPU at tiny sizes and every
+step's GPU-size commands parsed by the scripts they call, so that a typo never reaches a GPU; a failing
+command fails the suite; DALI required means DALI tests fail."""
 
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO, import_dali, write_npz
 
-from fastcifar.bench import gpu_suite
+from fastcifar import config as config_lib
+from fastcifar.bench import common, gpu_suite, paper_bundle, reproduce, time_to_accuracy
+
+# run in full by the dry run: one step of each kind; the dry run's sizes make every other step-r* step the
+# same commands as step-r20-* (ResNet-8 at batch 32), and tta-*, paper-* differ from these by the depth only
+DRY_RUN = ["validate", "loaders", "step-r20-graphs", "step-r20-plain", "tta-r56", "paper-r20"]
 
 
 def suite(*argv, data=None, out=None):
@@ -36,7 +43,7 @@ def test_require_dali_fails_instead_of_skipping(monkeypatch):
 def test_every_step_is_named_in_a_group_and_estimated_within_a_command():
     grouped = [name for names in gpu_suite.GROUPS.values() for name in names]
     assert sorted(grouped) == sorted(gpu_suite.STEPS)  # `validate measure` runs every step once
-    assert all(0 < step.minutes <= 6 for step in gpu_suite.STEPS.values())
+    assert all(0 < step.minutes * 60 <= step.limit <= 600 for step in gpu_suite.STEPS.values())
 
 
 def test_bad_options_are_one_line(tmp_path, tiny_root):
@@ -60,16 +67,18 @@ def test_a_failing_command_fails_the_suite(tmp_path, tiny_root):
 
 
 @pytest.mark.slow
-def test_every_step_dry_runs_on_the_cpu(tmp_path, tiny_root):
-    """validate and measure, every command at tiny sizes: exit 0, each step's JSON and log written, the
-    table printed last, the stop-and-resume run signalled and resumed, every throughput file complete."""
+def test_one_step_of_each_kind_dry_runs_on_the_cpu(tmp_path, tiny_root):
+    """validate, loaders, the step, time to accuracy and a paper run, every command at tiny sizes: exit 0,
+    each step's JSON and log written, the table printed last, the stop-and-resume run signalled and resumed,
+    every throughput file complete, every paper run packed for the bank."""
     import_dali()  # the loaders step and the DALI runs need it
     out = tmp_path / "out"
-    done = suite("validate", "measure", data=tiny_root, out=out)
+    done = suite(*DRY_RUN, data=tiny_root, out=out)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "| step | command | exit | seconds | result |"
-    for name, step in gpu_suite.STEPS.items():
+    ran = [name for group in DRY_RUN for name in gpu_suite.GROUPS.get(group, [group])]
+    for name in ran:
         report = json.loads((out / f"{name}.json").read_text())
         assert report["results"] and all(r["problem"] is None for r in report["results"]), report
         assert (out / f"{name}.log").is_file()
@@ -79,8 +88,55 @@ def test_every_step_dry_runs_on_the_cpu(tmp_path, tiny_root):
     assert resume["summary"]["status"] == "cut_short" and resume["summary"]["steps"] > stop["summary"]["steps"] >= 1
     assert torchrun["summary"]["world_size"] == 1
     measured = sorted(p.name for p in out.glob("*-*.json") if p.stem not in gpu_suite.STEPS)
-    assert len(measured) == 2 + 4 + 4 + 4  # loaders (2), step-r20-* (2 + 2), step-r56-* (2 + 2), step-r110-* (4)
+    assert measured == ["loaders-dali-warp-affine.json", "loaders-loaders.json", "step-r20-graphs-graph.json",
+                        "step-r20-graphs-reduce-overhead.json", "step-r20-plain-foreach.json",
+                        "step-r20-plain-plain.json", "tta-r56-result.json"]
     assert all(json.loads((out / m).read_text())["complete"] for m in measured)
+    assert sorted(p.name for p in out.glob("*.tar.gz")) == [f"paper-resnet20-seed{s}.tar.gz" for s in (0, 1, 2)]
+    *_, packed = json.loads((out / "paper-r20.json").read_text())["results"]
+    assert packed["archives"] == [f"paper-resnet20-seed{s}.tar.gz" for s in (0, 1, 2)]
+
+
+def gpu_commands(name: str, tmp_path, root) -> list[list[str]]:
+    """The commands a step runs on the GPU machine, built (not run) with the GPU round's sizes."""
+    args = gpu_suite.parse_args([name, "--data-root", str(root), "--out", str(tmp_path / "out"), "--dali-path",
+                                 "--bank", str(tmp_path / "empty-bank")])
+    args.current, args.step_deadline = name, time.monotonic() + gpu_suite.STEPS[name].limit
+    return [c.argv() if callable(c.argv) else c.argv for c in gpu_suite.STEPS[name].commands(args)]
+
+
+def overrides_of(argv: list[str]) -> list[str]:
+    return [a for a in argv if a.startswith("--") and "." in a.split("=")[0] and "=" in a]
+
+
+@pytest.mark.parametrize("name", sorted(gpu_suite.STEPS))
+def test_every_steps_gpu_commands_parse(name, tmp_path, tiny_root):
+    """Each command a step would start on a GPU is accepted by the script it calls: the options, the config
+    overrides, the recipes and depths it names. The dry run runs one step of each kind at tiny sizes only."""
+    for argv in gpu_commands(name, tmp_path, tiny_root):
+        assert argv[0] == sys.executable
+        if "run.py" in argv:  # alone or under torchrun
+            config_lib.load(REPO / argv[argv.index("run.py") + 1], overrides_of(argv))
+            continue
+        module, rest = argv[2], argv[3:]
+        if module == "pytest":
+            assert all((REPO / f).is_file() for f in rest if f.endswith(".py")), rest
+        elif module == "fastcifar.bench.throughput":
+            args = common.parse_with_overrides(common.throughput_parser(), rest)
+            assert args.device == "cuda" and not args.data == "synthetic"
+            config_lib.load(None, args.overrides)
+        elif module == "fastcifar.bench.time_to_accuracy":
+            args = time_to_accuracy.parse_args(rest)
+            assert args.seeds == 3 and args.depths == [int(name.removeprefix("tta-r"))]
+        elif module == "fastcifar.bench.reproduce":
+            args = reproduce.parse_args(rest)
+            depth = int(name.removeprefix("paper-r"))
+            assert [(r.depth, r.seed, r.epochs) for r in args.runs] == [(depth, s, 200) for s in (0, 1, 2)]
+            assert 400 < args.deadline < gpu_suite.STEPS[name].limit
+        elif module == "fastcifar.bench.paper_bundle":
+            paper_bundle.build_parser().parse_args(rest)
+        else:
+            pytest.fail(f"{name}: no parse check for {module}")
 
 
 def test_a_failed_figure_inside_a_result_file_is_found():

@@ -9,13 +9,16 @@ them after every depth), and prints a short table last. The exit status is 1 whe
 check did not hold, 2 on bad options. `--device cpu` is the dry run: every step at tiny sizes on the CPU
 (ResNet-8, a few steps), so that a typo never reaches a GPU; the test suite runs it.
 
-Steps (issue #20: 1 validate, 2 loaders, 3 the step); the estimates are for one H100 and come from the
+Steps (issue #20: 1 validate, 2 loaders, 3 the step, 5 time to 92%, 6 paper runs); the estimates are for one H100 and come from the
 H100 results in benchmarks/results/ (2026-11-23): a cold compile of ResNet-20 took 20 s at batch 1024,
 ResNet-56 34 s and ResNet-110 65 s at batch 512 (the first step minus a typical one); throughput.py compiles
 each (depth, batch) cold and again warm (taken as half of cold), times 3 x 20 steps of the model alone
 (ResNet-110 at batch 512: 13k images/s) and an epoch of warm-up plus 3 x 20 steps end to end; add 15 s of
 start-up (imports, data) per process. The CUDA tests: the 2026-11-23 run of test_dali.py took 11 s; the
-engine's compile tests compile ResNet-8 (about 15 s each, 4 of them).
+engine's compile tests compile ResNet-8 (about 15 s each, 4 of them). The tta-* estimates take the issue's
+goals plus a cold compile and start-up per seed; the paper-* steps fill their command: runs not finished by
+then stop with a checkpoint and leave, like finished ones, as one archive per run in --out, which
+`benchmarks/paper_bundle.py bank` puts into the repository and the next paper-* call resumes from.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -68,6 +72,7 @@ class Step:
     what: str
     minutes: float  # expected on one H100 (module docstring: how)
     commands: Callable[[argparse.Namespace], list[Command]]
+    limit: float = 480.0  # seconds the step may take (--limit overrides), then killed
 
 
 # ---- sizes: the GPU round's, or the dry run's ------------------------------------------------------
@@ -76,9 +81,17 @@ def sizes(args) -> dict:
         return {"train": ["--model.name=resnet8", "--train.batch_size=32", "--loader.eval_batch_size=100",
                           "--loader.workers=0", "--train.log_every=2"],
                 "max_steps": 3, "stop_epochs": 6, "depths": ["8"], "batch_sizes": ["32"],
-                "timing": ["--steps", "2", "--warmup", "0", "--repeats", "1"], "workers": 0}
+                "timing": ["--steps", "2", "--warmup", "0", "--repeats", "1"], "workers": 0,
+                # time to accuracy: ResNet-8 by the fast ResNet-20 recipe, one seed, one epoch
+                "tta": ["--depths", "8", "--config", str(REPO / "configs/fast/resnet20.yml"), "--seeds", "1",
+                        "--epochs", "1", "--train.batch_size=32", "--loader.eval_batch_size=100",
+                        "--loader.workers=0", "--train.log_every=2"],
+                # paper runs: one epoch of the step's recipe
+                "paper": ["--train.epochs=1", "--train.batch_size=32", "--loader.eval_batch_size=100",
+                          "--loader.workers=0", "--train.log_every=2"]}
     return {"train": ["--train.log_every=20"], "max_steps": 100, "stop_epochs": 30, "depths": None,
-            "batch_sizes": None, "timing": ["--steps", "20", "--warmup", "5", "--repeats", "3"], "workers": 16}
+            "batch_sizes": None, "timing": ["--steps", "20", "--warmup", "5", "--repeats", "3"], "workers": 16,
+            "tta": ["--seeds", "3"], "paper": []}
 
 
 def run_py(args, run_dir: Path, *extra: str) -> list[str]:
@@ -268,6 +281,77 @@ def way_overrides(args, way: str) -> list[str]:
     return [o.replace("cuda_graph=true", "cuda_graph=auto") if args.device == "cpu" else o for o in WAYS[way]]
 
 
+# ---- steps 5 and 6: accuracy -------------------------------------------------------------------------
+def settings(args) -> list[str]:
+    """--set KEY=VALUE options as config overrides for the accuracy runs."""
+    return [f"--{kv}" for kv in args.set]
+
+
+def tta_step(depth: int):
+    def commands(args) -> list[Command]:
+        """time_to_accuracy.py for one depth with its configs/fast/ recipe: every seed compiles cold, the
+        compile time is reported apart, the result file is <step>-result.json."""
+        out = args.out / f"{args.current}-result.json"
+        tiny = sizes(args)["tta"]
+        argv = [sys.executable, "-m", "fastcifar.bench.time_to_accuracy", "--device", args.device,
+                "--data", "cifar10", f"--data.root={args.data_root}", "--data.download=false",
+                *([] if "--depths" in tiny else ["--depths", str(depth)]), *tiny,
+                "--run-root", str(fresh_dir(args.runs / args.current)), "--out", str(out), *settings(args)]
+
+        def check(result: dict) -> str | None:
+            if result["exit"] != 0:
+                return f"exit {result['exit']}"
+            data = json.loads(out.read_text()) if out.is_file() else {}
+            return None if data.get("complete") else "the result file is missing or incomplete"
+
+        return [Command(f"time_to_accuracy resnet{depth}", argv, check, out=out)]
+
+    return commands
+
+
+PACK_SECONDS = 30.0  # kept after reproduce.py's deadline and grace for packing the runs
+GRACE_SECONDS = 60.0  # reproduce.py's --grace: a stop is at the next step, seconds at most
+
+
+def paper_step(depth: int):
+    def commands(args) -> list[Command]:
+        """configs/resnet<depth>.yml in full, the seeds packed (--parallel): the banked unfinished runs are
+        restored and resumed, reproduce.py stops them with checkpoints before the step's time is up, and
+        every run leaves as one archive in --out (paper_bundle.py bank puts it into the repository)."""
+        from fastcifar.bench import paper_bundle
+
+        seeds = paper_bundle.unfinished(args.bank, depth, args.seeds)
+        if not seeds:
+            return [Command(f"resnet{depth}: every seed finished", [sys.executable, "-c", ""])]
+        runs_dir = args.runs / "paper"  # kept: a second call on the same machine resumes from here
+        chosen = ["--depth", str(depth), "--seeds", *map(str, seeds)]
+
+        def reproduce() -> list[str]:  # built when it starts: the step's time left decides the deadline
+            left = args.step_deadline - time.monotonic() - PACK_SECONDS - GRACE_SECONDS
+            return [sys.executable, "-m", "fastcifar.bench.reproduce", "--depths", str(depth),
+                    "--seeds", *map(str, seeds), "--parallel", str(args.parallel), "--deadline", f"{max(left, 0):.0f}",
+                    "--grace", f"{GRACE_SECONDS:.0f}", "--data-root", str(args.data_root),
+                    "--runs-dir", str(runs_dir), "--out", str(runs_dir / "results"), "--data.download=false",
+                    *sizes(args)["paper"], *settings(args)]
+
+        def packed(result: dict) -> str | None:
+            archives = [args.out / paper_bundle.archive_name(depth, s) for s in seeds]
+            result["archives"] = [a.name for a in archives if a.is_file()]
+            if result["exit"] != 0:
+                return f"exit {result['exit']}"
+            return None if len(result["archives"]) == len(seeds) else "a run left no archive"
+
+        bundle = [sys.executable, "-m", "fastcifar.bench.paper_bundle"]
+        return [Command("restore the banked runs", [*bundle, "restore", *chosen, "--bank", str(args.bank),
+                                                    "--runs-dir", str(runs_dir)]),
+                Command(f"reproduce.py resnet{depth}, seeds {' '.join(map(str, seeds))}", reproduce,
+                        out=runs_dir / "results" / "reproduce_status.json"),
+                Command("pack each run for the bank", [*bundle, "pack", *chosen, "--runs-dir", str(runs_dir),
+                                                      "--out", str(args.out)], packed)]
+
+    return commands
+
+
 STEPS = {s.name: s for s in [
     Step("tests-loaders", "CUDA tests of the loaders, DALI required", 2, cuda_tests("tests-loaders")),
     Step("tests-engine", "CUDA tests of the step, graphs, prefetch and trainer", 4, cuda_tests("tests-engine")),
@@ -279,9 +363,16 @@ STEPS = {s.name: s for s in [
       for depth, minutes in ((20, 3), (56, 5)) for part, ways in (("graphs", ["graph", "reduce-overhead"]),
                                                                   ("plain", ["plain", "foreach"]))],
     *[Step(f"step-r110-{way}", f"R110 at batch 1024 and 128: {way}", 4.5, step_step(110, [way])) for way in WAYS],
+    # time to 92%: the goals (R56 30 s, R32 25 s, R110 60 s a seed) plus a cold compile and start-up per seed
+    *[Step(f"tta-r{depth}", f"time to 92%: configs/fast/resnet{depth}.yml, 3 seeds", minutes, tta_step(depth),
+           limit=570.0) for depth, minutes in ((56, 4.5), (32, 3.5), (110, 7))],
+    # paper runs fill the command: what is not finished by then is stopped with a checkpoint and banked
+    *[Step(f"paper-r{depth}", f"configs/resnet{depth}.yml, 200 epochs, the unfinished seeds, resumable", 9.5,
+           paper_step(depth), limit=570.0) for depth in (20, 32, 44, 56, 110)],
 ]}
 GROUPS = {"validate": ["tests-loaders", "tests-engine", "runs", "stop-resume"],
-          "measure": ["loaders", *[n for n in STEPS if n.startswith("step-")]]}
+          "measure": ["loaders", *[n for n in STEPS if n.startswith("step-")]],
+          "accuracy": [n for n in STEPS if n.startswith(("tta-", "paper-"))]}
 
 
 # ---- running ----------------------------------------------------------------------------------------
@@ -325,7 +416,7 @@ def run_step(step: Step, args) -> list[dict]:
         env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run stays on the CPU even where a GPU is present
     report = {"step": step.name, "what": step.what, "expected_minutes_h100": step.minutes, "device": args.device,
               "results": []}
-    deadline = time.monotonic() + args.limit
+    deadline = args.step_deadline = time.monotonic() + (step.limit if args.limit is None else args.limit)
     with open(args.out / f"{step.name}.log", "a") as log:
         for cmd in step.commands(args):
             report["results"].append(run_command(cmd, env, log, deadline))
@@ -350,7 +441,8 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, default=Path("gpu_out"), help="the output folder: logs and JSON")
     p.add_argument("--runs", type=Path, help="run directories (default: <out>/../gpu_runs, kept out of --out)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the dry run, tiny sizes")
-    p.add_argument("--limit", type=common.seconds, default=480.0, help="seconds a step may take, then killed")
+    p.add_argument("--limit", type=common.seconds, help="seconds a step may take, then killed (default: the "
+                   "step's own, 480 or for the accuracy steps 570)")
     p.add_argument("--depths", nargs="+", help="throughput depths instead of the step's")
     p.add_argument("--batch-sizes", nargs="+", help="throughput batch sizes instead of the step's")
     p.add_argument("--loaders", nargs="+", help="throughput loaders instead of the step's")
@@ -360,6 +452,12 @@ def parse_args(argv):
     p.add_argument("--warmup", type=common.non_negative_int, help="untimed steps (throughput.py)")
     p.add_argument("--repeats", type=common.positive_int, help="timings per figure (throughput.py)")
     p.add_argument("--test-files", nargs="+", help="CUDA test files instead of the step's")
+    p.add_argument("--seeds", type=common.non_negative_int, nargs="+", default=[0, 1, 2], help="paper-r* seeds")
+    p.add_argument("--parallel", type=common.positive_int, default=3, help="paper-r* runs at once (see packing)")
+    p.add_argument("--bank", type=Path, help="banked paper runs to resume (default: benchmarks/results/paper_runs; "
+                   "in the dry run an empty folder beside --out)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=override,
+                   help="config overrides for the tta-* and paper-* runs, e.g. loader.name=torch-gpu")
     args = p.parse_args(argv)
     args.names = list(dict.fromkeys(s for name in args.names for s in GROUPS.get(name, [name])))
     if not (args.data_root / "cifar10" / "train.npz").is_file():
@@ -372,8 +470,19 @@ def parse_args(argv):
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs = (args.runs or args.out.parent / "gpu_runs").resolve()
+    if args.bank is None:  # the dry run must not resume the GPU's banked runs on the CPU
+        from fastcifar.bench import paper_bundle
+
+        args.bank = args.runs / "dry-run-bank" if args.device == "cpu" else paper_bundle.BANK
+    args.bank = args.bank.resolve()
     args.data_root = args.data_root.resolve()
     return args
+
+
+def override(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_]\w*\.[A-Za-z_]\w*=.*", text):
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, e.g. loader.name=torch-gpu, got {text!r}")
+    return text
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
