@@ -385,6 +385,24 @@ def recipe_change(saved: dict, cfg: Config) -> str | None:
     return None
 
 
+def saved_recipe_change(path: str | Path, cfg: Config) -> str | None:
+    """recipe_change against the config.yaml of a run directory; None when there is no such file. A file
+    that is not a readable config tree is refused: the recipe of the run beside it cannot be known, and
+    starting or resuming there could mix two recipes in one run."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        tree = e
+    if not isinstance(tree, dict):
+        why = f"{type(tree).__name__}" if isinstance(tree, Exception) else "not a mapping of config sections"
+        raise ConfigError(f"{path}: cannot be read as a saved config ({why}), so the recipe of the run there "
+                          "is unknown; restore or remove that file, or choose another run folder")
+    return recipe_change(tree, cfg)
+
+
 def save(cfg: Config, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -136,6 +136,26 @@ def test_recipe_change_names_the_first_recipe_key_that_differs():
     assert config_lib.recipe_change(older, cfg) is None  # saved before the key existed
 
 
+def test_a_saved_config_is_compared_or_refused_when_unreadable(tmp_path):
+    """The one reading of a run folder's config.yaml (the trainer's resume=auto and reproduce.py): absent,
+    nothing to compare; another recipe, the first key; unreadable, one line naming the file."""
+    cfg = config_lib.load(None, ["--optim.lr=0.2"])
+    path = tmp_path / "config.yaml"
+    assert config_lib.saved_recipe_change(path, cfg) is None
+    config_lib.save(cfg, path)
+    assert config_lib.saved_recipe_change(path, cfg) is None
+    assert config_lib.saved_recipe_change(path, config_lib.load(None, ["--optim.lr=0.3"])) == "optim.lr: 0.2 -> 0.3"
+    for text, why in (("optim: [lr: 0.2\n", "ParserError"), ("", "not a mapping"), ("- 1\n", "not a mapping")):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            config_lib.saved_recipe_change(path, cfg)
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"{path}: cannot be read as a saved config ({why}"), message
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="UnicodeDecodeError"):
+        config_lib.saved_recipe_change(path, cfg)
+
+
 @pytest.mark.slow
 def test_config_loader_names_match_the_registry():
     import typing

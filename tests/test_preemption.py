@@ -234,6 +234,9 @@ def test_resume_auto_starts_fresh_resumes_or_refuses_another_recipe(synthetic_ro
     with pytest.raises(ConfigError, match=r"holds a run of another recipe \(config.yaml: optim.lr: 0.05 -> 0.5\)"):
         Trainer(tiny_config(synthetic_root, run_dir, train__resume="auto", optim__lr=0.5))
     assert Trainer(tiny_config(synthetic_root, run_dir, train__resume="auto")).step == 0  # its own: afresh
+    (run_dir / "config.yaml").write_text("optim: {lr: 0.05\n")  # unreadable: which recipe is unknown
+    with pytest.raises(ConfigError, match=rf"^{run_dir / 'config.yaml'}: cannot be read as a saved config"):
+        Trainer(tiny_config(synthetic_root, run_dir, train__resume="auto"))
 
 
 def test_resume_auto_on_the_command_line(synthetic_root, tmp_path):

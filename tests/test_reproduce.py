@@ -214,6 +214,18 @@ def test_bad_input_is_one_line_and_starts_nothing(tmp_path, config_dir, syntheti
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
 
+def test_an_unreadable_saved_config_is_refused_in_one_line(tmp_path, config_dir, synthetic_root, capsys):
+    saved = tmp_path / "runs" / "resnet8-seed0" / "config.yaml"
+    saved.parent.mkdir(parents=True)
+    saved.write_text("model: {name: resnet8\n")  # cut off: which recipe ran there cannot be known
+    with pytest.raises(SystemExit) as exc:
+        reproduce.main(driver_args(tmp_path, config_dir, synthetic_root))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"reproduce.py: error: {saved}: cannot be read as a saved config"), err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_a_failing_run_is_reported_with_its_error(tmp_path, config_dir):
     empty = tmp_path / "no-data"

@@ -96,7 +96,7 @@ def plan(args, depth: int, seed: int) -> Run:
     if cfg.train.resume != "false":
         raise ConfigError("train.resume: reproduce.py resumes runs from their checkpoints itself")
     saved = run_dir / "config.yaml"  # a run of an earlier call: it must be this recipe
-    if saved.is_file() and (change := config_lib.recipe_change(yaml.safe_load(saved.read_text()) or {}, cfg)):
+    if change := config_lib.saved_recipe_change(saved, cfg):
         raise ConfigError(f"{run_dir} holds a run of another recipe ({change}); call with its settings "
                           "again, or choose another --runs-dir")
     command = [sys.executable, "-u", "-m", "fastcifar", "train", str(config), *overrides]

@@ -174,11 +174,7 @@ class Trainer:
     def _refuse_another_recipe(self, saved: Path) -> None:
         """train.resume=auto in a run directory with no checkpoint: starting afresh there is right
         for this recipe's run killed before its first checkpoint, wrong for another recipe's."""
-        try:
-            tree = config_lib.yaml.safe_load(saved.read_text()) if saved.is_file() else None
-        except (OSError, config_lib.yaml.YAMLError):
-            tree = None
-        change = config_lib.recipe_change(tree, self.cfg) if isinstance(tree, dict) else None
+        change = config_lib.saved_recipe_change(saved, self.cfg)
         if change is not None:
             raise ConfigError(f"train.resume: {self.run_dir} holds a run of another recipe ({saved.name}: "
                               f"{change}); start it in another --train.run_dir")
