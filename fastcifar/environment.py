@@ -52,6 +52,11 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+# The commit a tree without its .git was copied from, given on the command line where git cannot tell it:
+# FASTCIFAR_COMMIT=<sha> python3 benchmarks/gpu_suite.py ...
+COMMIT_VARIABLE = "FASTCIFAR_COMMIT"
+
+
 def environment() -> dict:
     """Recorded with every benchmark result; no hostname, no user."""
     import torchvision
@@ -61,10 +66,13 @@ def environment() -> dict:
     driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None
     commit = _run(["git", "rev-parse", "HEAD"])
     dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])) if commit else None
+    git = {"commit": commit, "dirty": dirty}
+    if commit is None and os.environ.get(COMMIT_VARIABLE):  # a copy of the tree without .git (a GPU machine)
+        git = {"commit": os.environ[COMMIT_VARIABLE], "dirty": None, "source": COMMIT_VARIABLE}
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-        "git": {"commit": commit, "dirty": dirty}, "python": platform.python_version(),
+        "git": git, "python": platform.python_version(),
         "platform": platform.platform(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "dali": _version("nvidia-dali"), "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,

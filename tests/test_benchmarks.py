@@ -560,6 +560,23 @@ def test_environment_names_the_cpu_and_the_cpus_usable():
         assert env["cpu"]
 
 
+def test_a_tree_without_git_records_the_commit_it_is_given(monkeypatch):
+    """A GPU machine gets a copy of the tree without .git: the commit comes from FASTCIFAR_COMMIT and says
+    so; in a clone, git's own answer wins over the variable."""
+    from fastcifar import environment as env_lib
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("FASTCIFAR_COMMIT", sha)
+    in_clone = env_lib.environment()["git"]
+    if in_clone["commit"] is not None:
+        assert in_clone["commit"] != sha and "source" not in in_clone
+    real_run = env_lib._run
+    monkeypatch.setattr(env_lib, "_run", lambda cmd: None if cmd[0] == "git" else real_run(cmd))
+    assert env_lib.environment()["git"] == {"commit": sha, "dirty": None, "source": "FASTCIFAR_COMMIT"}
+    monkeypatch.delenv("FASTCIFAR_COMMIT")
+    assert env_lib.environment()["git"] == {"commit": None, "dirty": None}
+
+
 # ---- CPU side by side ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cpu_side_by_side_measures_run_py_against_the_baseline(tmp_path):

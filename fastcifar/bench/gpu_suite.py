@@ -492,6 +492,11 @@ def table(rows: list[tuple[str, dict]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from fastcifar.environment import COMMIT_VARIABLE
+
+    if environment_line()["git"]["commit"] is None:  # a copy of the tree without .git: say which code ran
+        common.log(f"gpu_suite.py: warning: no git commit is known here; start the command with "
+                   f"{COMMIT_VARIABLE}=<sha of the tree> so that every result names its code")
     rows = []
     for name in args.names:
         step = STEPS[name]
