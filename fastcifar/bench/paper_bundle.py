@@ -5,12 +5,12 @@ repository, and comes back to the next machine to be resumed from its checkpoint
     python benchmarks/paper_bundle.py restore --depth 20 --seeds 0 1 2 --runs-dir RUNS
     python benchmarks/reproduce.py --depths 20 --seeds 0 1 2 --runs-dir RUNS --out RUNS/results ...
     python benchmarks/paper_bundle.py pack --depth 20 --seeds 0 1 2 --runs-dir RUNS --out OUT
-    # back on the development machine, with the archives that came back:
-    python benchmarks/paper_bundle.py bank OUT/paper-resnet20-seed*.tar.gz
+    # back on the development machine, with the archives that came back (bank.py calls bank() below):
+    python benchmarks/bank.py OUT/paper-resnet20-seed*.tar.gz
 
 An archive holds the run directory (config.yaml, metrics.jsonl, log.txt, summary.json and, while the run is
 unfinished, the one checkpoint a resume starts from), its final weights and its result file once finished.
-`bank` puts the run into benchmarks/results/paper_runs/resnet<D>-seed<S>/ (replacing what was there), the
+bank() puts the run into benchmarks/results/paper_runs/resnet<D>-seed<S>/ (replacing what was there), the
 weights beside it as resnet<D>-seed<S>.pt (what export_weights.py --weights-from reads) and the result file
 into benchmarks/results/. `restore` copies the banked, unfinished runs into the run folder, where
 reproduce.py resumes them (a run already in that folder, from an earlier call on the same machine, is kept);
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import sys
 import tarfile
@@ -28,12 +29,17 @@ from pathlib import Path
 
 from fastcifar import rundir
 from fastcifar.bench import common
+from fastcifar.errors import FastcifarError
 from fastcifar.training import checkpoint as ckpt
 
 BANK = common.RESULTS_DIR / "paper_runs"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "log.txt", "summary.json")
 MAX_ARCHIVE_BYTES = 16 * 2**20  # what one file of an output folder may weigh on the GPU machine
 RESULTS = "results"  # reproduce.py's --out inside the run folder: its result files
+
+
+class BundleError(FastcifarError):
+    pass
 
 
 def run_name(depth: int, seed: int) -> str:
@@ -93,7 +99,7 @@ def pack(runs_dir: Path, out: Path, depth: int, seeds: list[int], results: Path 
             for path, arcname in files:
                 tar.add(path, arcname=arcname)
         if buffer.tell() > MAX_ARCHIVE_BYTES:
-            raise SystemExit(f"paper_bundle.py: error: {archive_name(depth, seed)} would be {buffer.tell() / 2**20:.1f} "
+            raise BundleError(f"{archive_name(depth, seed)} would be {buffer.tell() / 2**20:.1f} "
                              f"MiB, over the {MAX_ARCHIVE_BYTES / 2**20:.0f} MiB an output file may have")
         path = out / archive_name(depth, seed)
         tmp = path.with_name(path.name + ".tmp")
@@ -103,19 +109,27 @@ def pack(runs_dir: Path, out: Path, depth: int, seeds: list[int], results: Path 
     return written
 
 
+def archive_run(archive: Path) -> str:
+    """The run an archive holds (resnet<D>-seed<S>), checked to be a paper-run archive and safe to unpack."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            names = tar.getnames()
+    except (OSError, tarfile.TarError) as e:
+        raise BundleError(f"{archive}: not a readable .tar.gz ({type(e).__name__})") from None
+    runs = {n.split("/")[0] for n in names if "/" in n and not n.startswith(f"{RESULTS}/")}
+    bad = [n for n in names if n.startswith("/") or ".." in Path(n).parts]
+    if len(runs) != 1 or bad or not re.fullmatch(r"resnet\d+-seed\d+", next(iter(runs))):
+        raise BundleError(f"{archive} is not a paper-run archive (expected one resnet<D>-seed<S>/ folder, "
+                          f"found {sorted(runs) or names[:3]})")
+    return runs.pop()
+
+
 def bank(archive: Path, bank_dir: Path, results_dir: Path) -> str:
     """Unpack one archive into the bank and the results folder; returns a line saying what it holds."""
+    name = archive_run(archive)
+    target, staging = bank_dir / name, bank_dir / f".{name}.incoming"
+    shutil.rmtree(staging, ignore_errors=True)
     with tarfile.open(archive, "r:gz") as tar:
-        names = tar.getnames()
-        runs = {n.split("/")[0] for n in names if "/" in n and not n.startswith(f"{RESULTS}/")}
-        bad = [n for n in names if n.startswith("/") or ".." in Path(n).parts]
-        if len(runs) != 1 or bad or not next(iter(runs)).startswith("resnet"):
-            raise SystemExit(f"paper_bundle.py: error: {archive} is not a paper-run archive "
-                             f"(expected one resnet<D>-seed<S>/ folder, found {sorted(runs) or names[:3]})")
-        name = runs.pop()
-        target = bank_dir / name
-        staging = bank_dir / f".{name}.incoming"
-        shutil.rmtree(staging, ignore_errors=True)
         tar.extractall(staging, filter="data")
     shutil.rmtree(target, ignore_errors=True)  # the archive holds the run's whole history: it replaces the bank's
     (staging / name).replace(target)
@@ -145,32 +159,24 @@ def build_parser():
         if name == "pack":
             s.add_argument("--out", type=Path, required=True, help="folder for the archives")
             s.add_argument("--results", type=Path, help="reproduce.py's --out (default: RUNS_DIR/results)")
-    b = sub.add_parser("bank", formatter_class=common.Formatter)
-    b.add_argument("archives", type=Path, nargs="+")
-    b.add_argument("--bank", type=Path, default=BANK, help="where runs are banked")
-    b.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR, help="where result files go")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if args.command == "unfinished":
-        print(json.dumps(unfinished(args.bank, args.depth, args.seeds)))
-    elif args.command == "restore":
-        args.runs_dir.mkdir(parents=True, exist_ok=True)
-        for line in restore(args.bank, args.runs_dir, args.depth, args.seeds) or ["nothing to restore"]:
-            print(line)
-    elif args.command == "pack":
-        for path in pack(args.runs_dir, args.out, args.depth, args.seeds, args.results):
-            print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
-    else:
-        missing = [a for a in args.archives if not a.is_file()]
-        if missing:
-            p.error(f"{missing[0]}: no such file")
-        args.bank.mkdir(parents=True, exist_ok=True)
-        for archive in args.archives:
-            print(bank(archive, args.bank, args.results_dir))
+    try:
+        if args.command == "unfinished":
+            print(json.dumps(unfinished(args.bank, args.depth, args.seeds)))
+        elif args.command == "restore":
+            args.runs_dir.mkdir(parents=True, exist_ok=True)
+            for line in restore(args.bank, args.runs_dir, args.depth, args.seeds) or ["nothing to restore"]:
+                print(line)
+        else:
+            for path in pack(args.runs_dir, args.out, args.depth, args.seeds, args.results):
+                print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
+    except BundleError as e:
+        p.exit(1, f"paper_bundle.py: error: {e}\n")
     return 0
 
 

@@ -1,0 +1,101 @@
+"""Bank what came back from a GPU machine's output folder into the repository, named so that it says when and
+on which GPU it was made, ready to commit; then `python benchmarks/report.py` regenerates the README tables.
+
+    python benchmarks/bank.py OUT/*
+
+- `paper-resnet<D>-seed<S>.tar.gz` (a GPU suite paper-r<D> step): the run into benchmarks/results/paper_runs/,
+  its weights beside it, its result file into benchmarks/results/ (paper_bundle.py says how).
+- a JSON file with an `environment` (every result file and every step report of the GPU suite):
+  benchmarks/results/<date>_<gpu>_<name>.json, date and GPU from that environment.
+- a `.log` or `.xml` file: beside the JSON file of the same name (a step's log and its report), with its
+  prefix; alone, with the date and GPU of any JSON file banked in the same call.
+A name that already starts with a date keeps it. A different file already banked under the target name is
+refused, as is any other kind of file, each in one line, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from fastcifar.bench import common, paper_bundle
+
+DATED = re.compile(r"^\d{4}-\d{2}-\d{2}_")
+COMPANIONS = (".log", ".xml")
+
+
+class Refused(Exception):
+    pass
+
+
+def prefix_of(path: Path) -> str | None:
+    """'<date>_<gpu>_' from a JSON file's environment, or None when it has none."""
+    try:
+        env = json.loads(path.read_text()).get("environment")
+    except (OSError, ValueError, AttributeError):
+        raise Refused(f"{path}: not a JSON object") from None
+    if not isinstance(env, dict) or not env.get("date"):
+        return None
+    return f"{env['date'][:10]}_{common.slug(env.get('gpu'))}_"
+
+
+def plan(files: list[Path], results_dir: Path) -> list[tuple[Path, Path | None]]:
+    """(file, target) for every file; target None for a paper-run archive (paper_bundle.bank places it)."""
+    prefixes = {}
+    for f in files:
+        if f.suffix == ".json":
+            prefix = prefix_of(f)
+            if prefix is None:
+                raise Refused(f"{f}: no environment with a date: not a result file of this project")
+            prefixes[f.stem] = prefix
+    moves = []
+    for f in files:
+        if f.name.endswith(".tar.gz"):
+            try:
+                paper_bundle.archive_run(f)
+            except paper_bundle.BundleError as e:
+                raise Refused(str(e)) from None
+            moves.append((f, None))
+            continue
+        if f.suffix not in (".json", *COMPANIONS):
+            raise Refused(f"{f}: not a result (expected .json, .log, .xml or a paper-run .tar.gz)")
+        only = set(prefixes.values())
+        prefix = prefixes.get(f.stem) or (only.pop() if len(only) == 1 else None)
+        if prefix is None:
+            raise Refused(f"{f}: no JSON result of the same name or call says its date and GPU; bank it with one")
+        target = results_dir / (f.name if DATED.match(f.name) else prefix + f.name)
+        if target.exists() and target.read_bytes() != f.read_bytes():
+            raise Refused(f"{f}: {target} exists and differs; remove it first if this one replaces it")
+        moves.append((f, target))
+    return moves
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.parser("bank.py", __doc__)
+    p.add_argument("files", type=Path, nargs="+", help="what the output folder brought back")
+    p.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
+    p.add_argument("--bank", type=Path, default=paper_bundle.BANK, help="where paper runs are banked")
+    args = p.parse_args(argv)
+    missing = [f for f in args.files if not f.is_file()]
+    if missing:
+        p.error(f"{missing[0]}: no such file")
+    try:
+        moves = plan(args.files, args.results_dir)
+    except Refused as e:
+        p.exit(2, f"bank.py: error: {e}\n")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    for source, target in moves:
+        if target is None:
+            args.bank.mkdir(parents=True, exist_ok=True)
+            print(paper_bundle.bank(source, args.bank, args.results_dir))
+        else:
+            shutil.copyfile(source, target)  # the output folder's copies may be read-only: copy, do not move
+            print(f"{source.name} -> {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
