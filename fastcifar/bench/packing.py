@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -199,33 +200,37 @@ def failure(run: Run, n: int) -> str:
 
 
 def wait(runs: list[Run], n: int, timeout: float) -> None:
-    """Until every run has finished; the first failure or the timeout stops the others (killed)."""
+    """Until every run has finished; the first failure or the timeout ends the wait."""
     deadline = time.monotonic() + timeout
-    try:
-        while any(r.ended is None for r in runs):
-            for r in runs:
-                if r.ended is None and r.proc.poll() is not None:
-                    r.ended = time.time()
-                    if r.proc.returncode != 0:
-                        raise Unmeasurable(failure(r, n))
-            if time.monotonic() > deadline:
-                left = [str(r.seed) for r in runs if r.ended is None]
-                raise Unmeasurable(f"N={n}: run(s) {', '.join(left)} still running after --timeout {timeout:g} s; "
-                                   f"their logs: {runs[0].run_dir.parent}/run*/log.txt")
-            time.sleep(0.2)
-    finally:  # a failure, the timeout or Ctrl-C: leave no run behind
+    while any(r.ended is None for r in runs):
         for r in runs:
-            if r.proc.poll() is None:
-                r.proc.kill()
-                r.proc.wait()
+            if r.ended is None and r.proc.poll() is not None:
+                r.ended = time.time()
+                if r.proc.returncode != 0:
+                    raise Unmeasurable(failure(r, n))
+        if time.monotonic() > deadline:
+            left = [str(r.seed) for r in runs if r.ended is None]
+            raise Unmeasurable(f"N={n}: run(s) {', '.join(left)} still running after --timeout {timeout:g} s; "
+                               f"their logs: {runs[0].run_dir.parent}/run*/log.txt")
+        time.sleep(0.2)
+
+
+def kill(runs: list[Run]) -> None:
+    for r in runs:
+        if r.proc is not None and r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
 
 
 def measure(args, n: int) -> dict:
     runs = plan(args, n)
     log(f"N={n}: starting {n} run(s) of {args.steps} steps in {args.runs_root / f'n{n}'}")
     began = time.monotonic()
-    launch(runs)
-    wait(runs, n, args.timeout)
+    try:
+        launch(runs)
+        wait(runs, n, args.timeout)
+    finally:  # a failure, the timeout, a signal or Ctrl-C: leave no run behind
+        kill(runs)
     wall = time.monotonic() - began
     timelines = [step_lines(rundir.records(r.run_dir)) for r in runs]
     batches = [yaml.safe_load((r.run_dir / "config.yaml").read_text())["train"]["batch_size"] for r in runs]
@@ -258,8 +263,22 @@ def markdown(counts: list[dict]) -> str:
     return common.markdown_table(["N", "total img/s median (min–max)", "per run", "vs N=1"], rows)
 
 
+def stop_on_sigterm(signum, frame):
+    """A SIGTERM (a time limit's kill) reaches this process alone: stop the runs (wait()) and keep the counts
+    measured so far."""
+    raise Unmeasurable(f"stopped by {signal.Signals(signum).name}; the runs were killed")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        return measure_all(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def measure_all(args) -> int:
     settings = {k: getattr(args, k) for k in ("recipe", "steps", "warmup_steps", "windows", "device", "data_root",
                                               "timeout")}
     out = common.result("packing", SCHEMA_VERSION, cpu=args.resolved.type == "cpu", complete=False,
@@ -275,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     except Unmeasurable as e:
         out["error"] = str(e)
         common.write_json(args.out, out)
+        log(f"wrote {args.out} ({len(out['counts'])} of {len(args.counts)} counts measured)")
         log(f"error: {e}")
         return 1
     out["complete"] = True
