@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import REPO, tables
 
+from fastcifar import rundir
 from fastcifar.bench import packing
 from fastcifar.synthetic import write_npz
 
@@ -91,8 +92,7 @@ TINY = ["--device", "cpu", "--steps", str(STEPS), "--warmup-steps", str(WARMUP),
 
 
 def data_root(tmp_path):
-    # one epoch of STEPS steps: no epoch-end evaluation inside the measured window
-    return write_npz(tmp_path / "data", "cifar10", STEPS * BATCH, 64)
+    return write_npz(tmp_path / "data", "cifar10", STEPS // 2 * BATCH, 64)  # two epochs of STEPS // 2 steps
 
 
 def args_for(tmp_path, root, *extra: str) -> list[str]:
@@ -124,8 +124,10 @@ def test_dry_run_measures_concurrent_runs(tmp_path):
             summary = json.loads((folder / f"run{r['seed']}" / "summary.json").read_text())
             assert (summary["status"], summary["steps"]) == ("cut_short", STEPS)
             assert (r["steps"], r["batch_size"]) == (STEPS, BATCH)
+            epochs = [e for e in rundir.records(folder / f"run{r['seed']}") if "train_loss" in e]
+            assert ["top1" in e for e in epochs] == [False, True]  # evaluated after the last step only
             assert (folder / f"run{r['seed']}" / "log.txt").is_file() and r["log"].endswith("log.txt")
-            assert 0 < r["startup_seconds"] < r["seconds"] and r["images_per_s_median"] > 0
+            assert 0 < r["seconds_to_first_step_line"] < r["seconds"] and r["images_per_s_median"] > 0
         assert len(total["values"]) == 5 and total["min"] <= total["median"] <= total["max"]
         assert c["window_seconds"] == pytest.approx(c["common_seconds"] / 5) and c["common_seconds"] > 0
         assert len(c["commands"]) == n and all(f"--train.seed={i}" in c["commands"][i] for i in range(n))

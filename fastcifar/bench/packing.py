@@ -8,9 +8,10 @@ compile and autotuning stay out) and ends when the first run to finish logs its 
 steps at any time in between are interpolated linearly between its step lines; the window is split into
 --windows equal parts, and each part's total images/s is the sum over the runs of their images in it
 (steps x batch size) over its length. Reported: the median and min-max of the parts' totals, each run's
-median images/s and its seconds from start to its first step line (start-up + compile). Whatever the
-runs do in the window counts, epoch-end evaluations included, as in the paper runs.
---section.key=value goes to every run. The JSON is written after every count.
+median images/s and its seconds from start to its first step line (start-up + compile). The runs evaluate
+only after their last step: a first evaluation compiles the eval model, seconds that would land in the
+window (--train.eval_every=1 puts the epoch-end evaluations back; then --warmup-steps should pass the first
+epoch). --section.key=value goes to every run. The JSON is written after every count.
 
     python benchmarks/packing.py --counts 1 2 4 8 --data-root data --out benchmarks/results/packing.json
 """
@@ -41,6 +42,7 @@ from fastcifar.errors import FastcifarError
 
 SCHEMA_VERSION = 1
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this fastcifar: a clone, or site-packages
+NO_EVAL = 1_000_000  # train.eval_every, in epochs: a run cut short by train.max_steps evaluates only at its end
 # keys packing.py sets for every run, and the option that sets each (None: not to be changed)
 RESERVED = {"train.max_steps": "--steps", "train.seed": None, "train.run_dir": "--runs-root",
             "train.progress": None, "train.checkpoint_minutes": None, "train.resume": None,
@@ -125,7 +127,7 @@ def parse_args(argv):
     p.add_argument("--counts", type=common.positive_int, nargs="+", default=[1, 2, 4, 8],
                    help="runs at once, one measurement each")
     p.add_argument("--recipe", default="resnet20", help="the runs' config: a recipe name or a YAML file")
-    p.add_argument("--steps", type=common.positive_int, default=1500, help="training steps per run")
+    p.add_argument("--steps", type=common.positive_int, default=1500, help="training steps per run: enough that every run is past --warmup-steps before the first one ends")
     p.add_argument("--warmup-steps", type=common.non_negative_int, default=200,
                    help="steps of each run left out (compile and autotuning land in the first ones)")
     p.add_argument("--windows", type=common.positive_int, default=5, help="equal parts of the common window")
@@ -163,7 +165,7 @@ def run_overrides(args, seed: int, run_dir: Path) -> list[str]:
     device = [f"--train.device={args.device}"] if args.device != "auto" else []
     return [f"--train.max_steps={args.steps}", f"--train.seed={seed}", f"--train.run_dir={run_dir}",
             "--train.progress=false", "--train.checkpoint_minutes=0", f"--data.root={args.data_root}",
-            "--data.download=false", *device, *args.overrides]
+            "--data.download=false", f"--train.eval_every={NO_EVAL}", *device, *args.overrides]
 
 
 def plan(args, n: int) -> list[Run]:
@@ -237,7 +239,7 @@ def measure(args, n: int) -> dict:
     t0, t1 = common_window(timelines, args.warmup_steps)
     figures = summarize(window_rates(timelines, batches, t0, t1, args.windows))
     per_run = [{"seed": r.seed, "run_dir": str(r.run_dir), "log": str(r.log_path), "batch_size": batch,
-                "images_per_s_median": median, "startup_seconds": tl[0][0] - r.started,
+                "images_per_s_median": median, "seconds_to_first_step_line": tl[0][0] - r.started,
                 "seconds": r.ended - r.started, "steps": tl[-1][1]}
                for r, tl, batch, median in zip(runs, timelines, batches, figures["run_medians"])]
     total = figures["total_images_per_s"]
