@@ -11,7 +11,12 @@ steps at any time in between are interpolated linearly between its step lines; t
 median images/s and its seconds from start to its first step line (start-up + compile). The runs evaluate
 only after their last step: a first evaluation compiles the eval model, seconds that would land in the
 window (--train.eval_every=1 puts the epoch-end evaluations back; then --warmup-steps should pass the first
-epoch). --section.key=value goes to every run. The JSON is written after every count.
+epoch). --section.key=value goes to every run. The JSON is written after every count; a failed run, no
+common window (raise --steps), --timeout or SIGTERM stops the runs and the command, keeping what it measured.
+
+Sizing: the defaults train (1 + 2 + 4 + 8) x 1500 steps x 128 = 2.9M images, plus each count's start-up
+and compile (ResNet-20's cold compile took 20 s on an H100 in benchmarks/results/ of 2026-11-23; the
+later counts usually find torch.compile's on-disk cache warm).
 
     python benchmarks/packing.py --counts 1 2 4 8 --data-root data --out benchmarks/results/packing.json
 """
@@ -266,8 +271,8 @@ def markdown(counts: list[dict]) -> str:
 
 
 def stop_on_sigterm(signum, frame):
-    """A SIGTERM (a time limit's kill) reaches this process alone: stop the runs (wait()) and keep the counts
-    measured so far."""
+    """A SIGTERM (a time limit's) reaches this process alone: the exception ends the count in progress,
+    whose runs measure() kills, and main keeps the counts measured so far."""
     raise Unmeasurable(f"stopped by {signal.Signals(signum).name}; the runs were killed")
 
 
