@@ -86,7 +86,7 @@ def test_best_and_the_table():
 
 
 # ---- runs on the CPU --------------------------------------------------------------------------------
-STEPS, WARMUP, BATCH = 30, 4, 16
+STEPS, WARMUP, BATCH = 40, 4, 16
 TINY = ["--device", "cpu", "--steps", str(STEPS), "--warmup-steps", str(WARMUP), f"--train.batch_size={BATCH}",
         "--model.name=resnet8", "--loader.name=torchvision", "--loader.workers=0", "--train.log_every=2"]
 
@@ -191,10 +191,10 @@ def test_sigterm_kills_the_runs_and_keeps_the_result(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--counts", "0"], "argument --counts: expected a positive integer, got '0'"),
     (["--recipe", "resnet21"], "config file resnet21 not found"),
-    (["--warmup-steps", "30"], "--warmup-steps 30 must be below --steps 30"),
+    (["--warmup-steps", "40"], "--warmup-steps 40 must be below --steps 40"),
     (["--train.seed=3"], "--train.seed=3: packing.py sets train.seed for every run"),
     (["--train.max_steps=9"], "packing.py sets train.max_steps for every run (use --steps)"),
-    (["--train.log_every=50"], "--steps 30 leaves fewer than train.log_every=50 steps after --warmup-steps 4"),
+    (["--train.log_every=50"], "--steps 40 leaves fewer than train.log_every=50 steps after --warmup-steps 4"),
 ])
 def test_refusals_are_one_line(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:
@@ -203,6 +203,12 @@ def test_refusals_are_one_line(tmp_path, capsys, extra, message):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("packing.py: error:") and message in last
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_command_runs_it(capsys):
+    from fastcifar import cli
+
+    assert cli.main(["bench", "packing", "--help"]) == 0 and "usage: packing.py" in capsys.readouterr().out
 
 
 def test_missing_data_is_one_line(tmp_path, capsys):
