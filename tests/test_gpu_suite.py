@@ -11,11 +11,11 @@ import pytest
 from conftest import REPO, import_dali, write_npz
 
 from fastcifar import config as config_lib
-from fastcifar.bench import common, gpu_suite, paper_bundle, reproduce, time_to_accuracy
+from fastcifar.bench import common, gpu_suite, packing, paper_bundle, reproduce, time_to_accuracy
 
 # run in full by the dry run: one step of each kind; the dry run's sizes make every other step-r* step the
 # same commands as step-r20-* (ResNet-8 at batch 32), and tta-*, paper-* differ from these by the depth only
-DRY_RUN = ["validate", "loaders", "step-r20-graphs", "step-r20-plain", "tta-r56", "paper-r20"]
+DRY_RUN = ["validate", "loaders", "step-r20-graphs", "step-r20-plain", "packing", "tta-r56", "paper-r20"]
 
 
 def suite(*argv, data=None, out=None):
@@ -68,7 +68,7 @@ def test_a_failing_command_fails_the_suite(tmp_path, tiny_root):
 
 @pytest.mark.slow
 def test_one_step_of_each_kind_dry_runs_on_the_cpu(tmp_path, tiny_root):
-    """validate, loaders, the step, time to accuracy and a paper run, every command at tiny sizes: exit 0,
+    """validate, loaders, the step, packing, time to accuracy and a paper run, every command at tiny sizes: exit 0,
     each step's JSON and log written, the table printed last, the stop-and-resume run signalled and resumed,
     every throughput file complete, every paper run packed for the bank."""
     import_dali()  # the loaders step and the DALI runs need it
@@ -90,7 +90,7 @@ def test_one_step_of_each_kind_dry_runs_on_the_cpu(tmp_path, tiny_root):
     measured = sorted(p.name for p in out.glob("*-*.json") if p.stem not in gpu_suite.STEPS)
     assert measured == ["loaders-dali-warp-affine.json", "loaders-loaders.json", "step-r20-graphs-graph.json",
                         "step-r20-graphs-reduce-overhead.json", "step-r20-plain-foreach.json",
-                        "step-r20-plain-plain.json", "tta-r56-result.json"]
+                        "step-r20-plain-plain.json", "packing-result.json", "tta-r56-result.json"]
     assert all(json.loads((out / m).read_text())["complete"] for m in measured)
     assert sorted(p.name for p in out.glob("*.tar.gz")) == [f"paper-resnet20-seed{s}.tar.gz" for s in (0, 1, 2)]
     *_, packed = json.loads((out / "paper-r20.json").read_text())["results"]
@@ -133,6 +133,11 @@ def test_every_steps_gpu_commands_parse(name, tmp_path, tiny_root):
             depth = int(name.removeprefix("paper-r"))
             assert [(r.depth, r.seed, r.epochs) for r in args.runs] == [(depth, s, 200) for s in (0, 1, 2)]
             assert 400 < args.deadline < gpu_suite.STEPS[name].limit
+        elif module == "fastcifar.bench.packing":  # parsed for the CPU here: it checks the device exists
+            device = rest.index("--device") + 1
+            assert rest[device] == "cuda"
+            args = packing.parse_args([*rest[:device], "cpu", *rest[device + 1:]])
+            assert args.counts == [1, 2, 4, 8] and args.recipe == gpu_suite.RECIPE
         elif module == "fastcifar.bench.paper_bundle":
             paper_bundle.build_parser().parse_args(rest)
         else:

@@ -88,10 +88,14 @@ def sizes(args) -> dict:
                         "--loader.workers=0", "--train.log_every=2"],
                 # paper runs: one epoch of the step's recipe
                 "paper": ["--train.epochs=1", "--train.batch_size=32", "--loader.eval_batch_size=100",
-                          "--loader.workers=0", "--train.log_every=2"]}
+                          "--loader.workers=0", "--train.log_every=2"],
+                # packing: 1 and 2 ResNet-8 runs of 40 steps (two epochs of the 256 images at batch 16)
+                "packing": ["--counts", "1", "2", "--steps", "40", "--warmup-steps", "4", "--train.batch_size=16",
+                            "--model.name=resnet8", "--loader.name=torchvision", "--loader.workers=0",
+                            "--train.log_every=2"]}
     return {"train": ["--train.log_every=20"], "max_steps": 100, "stop_epochs": 30, "depths": None,
             "batch_sizes": None, "timing": ["--steps", "20", "--warmup", "5", "--repeats", "3"], "workers": 16,
-            "tta": ["--seeds", "3"], "paper": []}
+            "tta": ["--seeds", "3"], "paper": [], "packing": ["--counts", "1", "2", "4", "8"]}
 
 
 def run_py(args, run_dir: Path, *extra: str) -> list[str]:
@@ -281,6 +285,24 @@ def way_overrides(args, way: str) -> list[str]:
     return [o.replace("cuda_graph=true", "cuda_graph=auto") if args.device == "cpu" else o for o in WAYS[way]]
 
 
+# ---- step 4: several runs on one GPU ---------------------------------------------------------------------
+def packing_step(args) -> list[Command]:
+    """packing.py: 1, 2, 4 and 8 concurrent ResNet-20 runs at batch 128 (the paper recipe), their total
+    images/s over the window in which all of them train; the best count is the paper runs' --parallel."""
+    out = args.out / f"{args.current}-result.json"
+    argv = [sys.executable, "-m", "fastcifar.bench.packing", "--device", args.device, "--recipe", RECIPE,
+            "--data-root", str(args.data_root), "--runs-root", str(fresh_dir(args.runs / args.current)),
+            "--out", str(out), *sizes(args)["packing"], *settings(args)]
+
+    def check(result: dict) -> str | None:
+        if result["exit"] != 0:
+            return f"exit {result['exit']}"
+        data = json.loads(out.read_text()) if out.is_file() else {}
+        return None if data.get("complete") else "the result file is missing or incomplete"
+
+    return [Command("packing.py, 1 2 4 8 runs at once", argv, check, out=out)]
+
+
 # ---- steps 5 and 6: accuracy -------------------------------------------------------------------------
 def settings(args) -> list[str]:
     """--set KEY=VALUE options as config overrides for the accuracy runs."""
@@ -363,6 +385,8 @@ STEPS = {s.name: s for s in [
       for depth, minutes in ((20, 3), (56, 5)) for part, ways in (("graphs", ["graph", "reduce-overhead"]),
                                                                   ("plain", ["plain", "foreach"]))],
     *[Step(f"step-r110-{way}", f"R110 at batch 1024 and 128: {way}", 4.5, step_step(110, [way])) for way in WAYS],
+    # (1 + 2 + 4 + 8) x 1500 steps x 128 images at ~60k images/s in all, a start-up and compile per count
+    Step("packing", "1, 2, 4, 8 concurrent R20 batch-128 runs: total images/s", 5, packing_step),
     # time to 92%: the goals (R56 30 s, R32 25 s, R110 60 s a seed) plus a cold compile and start-up per seed
     *[Step(f"tta-r{depth}", f"time to 92%: configs/fast/resnet{depth}.yml, 3 seeds", minutes, tta_step(depth),
            limit=570.0) for depth, minutes in ((56, 4.5), (32, 3.5), (110, 7))],
@@ -372,7 +396,7 @@ STEPS = {s.name: s for s in [
 ]}
 GROUPS = {"validate": ["tests-loaders", "tests-engine", "runs", "stop-resume"],
           "measure": ["loaders", *[n for n in STEPS if n.startswith("step-")]],
-          "accuracy": [n for n in STEPS if n.startswith(("tta-", "paper-"))]}
+          "accuracy": [n for n in STEPS if n.startswith(("packing", "tta-", "paper-"))]}
 
 
 # ---- running ----------------------------------------------------------------------------------------
