@@ -208,6 +208,9 @@ old table
 <!-- BEGIN GENERATED: cpu_side_by_side -->
 <!-- END GENERATED: cpu_side_by_side -->
 
+<!-- BEGIN GENERATED: packing -->
+<!-- END GENERATED: packing -->
+
 <!-- BEGIN GENERATED: pretrained -->
 <!-- END GENERATED: pretrained -->
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tables
+from conftest import README_TEMPLATE, REPO, tables
 
 from fastcifar import rundir
 from fastcifar.bench import packing
@@ -83,6 +83,27 @@ def test_best_and_the_table():
     assert [(r["N"], r["per run"], r["vs N=1"]) for r in rows] == [("1", "1,000", "1.00x"), ("2", "900", "1.80x"),
                                                                   ("4", "425", "1.70x")]
     assert rows[1]["total img/s median (min–max)"] == "1,800 (1,700–1,900)"
+
+
+def test_a_banked_result_fills_the_readme_section(tmp_path):
+    """report.py puts a packing result into the README's packing section: the settings, the verdict, the table."""
+    from fastcifar.bench import common, report
+
+    counts = [{"n": n, "total_images_per_s": {"median": m, "min": m - 100, "max": m + 100}}
+              for n, m in ((1, 1000.0), (2, 1800.0))]
+    result = common.result("packing", 1, complete=True, recipe="configs/resnet20.yml", overrides=["--loader.name=dali"],
+                           settings={"steps": 1500, "warmup_steps": 200, "windows": 5}, counts=counts,
+                           best=packing.best(counts), error=None)
+    (tmp_path / "results").mkdir()
+    common.write_json(tmp_path / "results" / "2026-12-08_h100_packing-result.json", result)
+    readme = tmp_path / "README.md"
+    readme.write_text(README_TEMPLATE)
+    assert report.main(["--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path), "--readme",
+                        str(readme), "--no-plots"]) == 0
+    section = readme.read_text().split("<!-- BEGIN GENERATED: packing -->")[1].split("<!-- END GENERATED: packing -->")[0]
+    assert "`configs/resnet20.yml` with --loader.name=dali: N runs at once, 1500 steps each" in section
+    assert "Most images/s: 2 at once (`reproduce.py --parallel 2`)." in section
+    assert [(r["N"], r["vs N=1"]) for r in tables(section)[0]] == [("1", "1.00x"), ("2", "1.80x")]
 
 
 # ---- runs on the CPU --------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Tables and throughput plots from benchmark results into report.md and the README's sections between
-<!-- BEGIN GENERATED: K --> and <!-- END GENERATED: K --> (K: throughput, time_to_accuracy, paper, and pretrained from
+<!-- BEGIN GENERATED: K --> and <!-- END GENERATED: K --> (K: throughput, time_to_accuracy, paper, cpu_side_by_side, packing, and pretrained from
 fastcifar/weights/manifest.json); training curves.
 
     python benchmarks/report.py --readme README.md       # benchmarks/results/*.json -> report.md, PNGs, README
@@ -20,7 +20,8 @@ from fastcifar.files import write_text_atomic
 # result kind -> (README marker, report.md title)
 SECTIONS = {"throughput": ("throughput", "Throughput"), "time_to_accuracy": ("time_to_accuracy", "Time to accuracy"),
             "paper_run": ("paper", "Reproducing the paper's table"),
-            "cpu_side_by_side": ("cpu_side_by_side", "run.py against the seed-style baseline on a CPU")}
+            "cpu_side_by_side": ("cpu_side_by_side", "run.py against the seed-style baseline on a CPU"),
+            "packing": ("packing", "Several runs on one GPU")}
 DASH = "—"
 # CIFAR-10 test top-1 (%) of akamaster/pytorch_resnet_cifar10's best epochs; this project's finals aim at them.
 AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
@@ -253,6 +254,20 @@ def cpu_side_by_side_markdown(result: dict, path: Path | None = None) -> str:
                       common.markdown_table(headers, rows)])
 
 
+# ---- several runs on one GPU ---------------------------------------------------------------------------
+def packing_markdown(result: dict, path: Path | None = None) -> str:
+    from fastcifar.bench import packing
+
+    s, best = result["settings"], result.get("best")
+    overrides = f" with {' '.join(result['overrides'])}" if result.get("overrides") else ""
+    verdict = (f" Most images/s: {best['n']} at once (`reproduce.py --parallel {best['n']}`)." if best
+               else "") + (f" Stopped: {result['error']}" if result.get("error") else "")
+    return "\n".join([header(result, path), "", f"`{result['recipe']}`{overrides}: N runs at once, {s['steps']} steps "
+                      f"each; total images/s while all of them train (past {s['warmup_steps']} steps), median "
+                      f"(min–max) of {s['windows']} equal parts of that window.{verdict}", "",
+                      packing.markdown(result["counts"]) if result["counts"] else "No count measured."])
+
+
 # ---- the paper's table -----------------------------------------------------------------------------
 def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
     """CIFAR-10 runs by depth, one per (depth, seed): the latest when a seed was run again."""
@@ -358,7 +373,7 @@ def section(kind: str, results: list, plots: dict, link_from: Path) -> str:
     if kind == "paper_run":
         return paper_markdown([data for _path, data in results])
     markdown = {"throughput": throughput_markdown, "time_to_accuracy": time_to_accuracy_markdown,
-                "cpu_side_by_side": cpu_side_by_side_markdown}[kind]
+                "cpu_side_by_side": cpu_side_by_side_markdown, "packing": packing_markdown}[kind]
     parts = [markdown(data, path) + (
         f"\n\n![{kind.replace('_', ' ')}: {path.stem}]({Path(os.path.relpath(plots[path], link_from)).as_posix()})"
         if path in plots else "") for path, data in results]
