@@ -92,7 +92,7 @@ def test_a_banked_result_fills_the_readme_section(tmp_path):
     counts = [{"n": n, "total_images_per_s": {"median": m, "min": m - 100, "max": m + 100}}
               for n, m in ((1, 1000.0), (2, 1800.0))]
     result = common.result("packing", 1, complete=True, recipe="configs/resnet20.yml", overrides=["--loader.name=dali"],
-                           settings={"steps": 1500, "warmup_steps": 200, "windows": 5}, counts=counts,
+                           settings={"steps": 100000, "seconds": 15.0, "warmup_steps": 200, "windows": 5}, counts=counts,
                            best=packing.best(counts), error=None)
     (tmp_path / "results").mkdir()
     common.write_json(tmp_path / "results" / "2026-12-08_h100_packing-result.json", result)
@@ -101,7 +101,8 @@ def test_a_banked_result_fills_the_readme_section(tmp_path):
     assert report.main(["--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path), "--readme",
                         str(readme), "--no-plots"]) == 0
     section = readme.read_text().split("<!-- BEGIN GENERATED: packing -->")[1].split("<!-- END GENERATED: packing -->")[0]
-    assert "`configs/resnet20.yml` with --loader.name=dali: N runs at once, 1500 steps each" in section
+    assert ("`configs/resnet20.yml` with --loader.name=dali: N runs at once, stopped 15 s after all of them were "
+            "past 200 steps" in section)
     assert "Most images/s: 2 at once (`reproduce.py --parallel 2`)." in section
     assert [(r["N"], r["vs N=1"]) for r in tables(section)[0]] == [("1", "1.00x"), ("2", "1.80x")]
 
@@ -163,6 +164,21 @@ def test_dry_run_measures_concurrent_runs(tmp_path):
     [table] = tables(done.stdout)
     assert [(row["N"], row["vs N=1"]) for row in table] == [("1", "1.00x"), ("2", f"{medians[2] / medians[1]:.2f}x")]
     assert all(line.startswith("packing.py:") for line in done.stderr.splitlines())
+
+
+@pytest.mark.slow
+def test_the_runs_are_stopped_seconds_after_all_are_past_the_warm_up(tmp_path):
+    """With steps to spare, --seconds ends a count: SIGTERM to every run once all are past the warm-up, each
+    stops at its next step (exit 3, summary 'stopped'), and the common window lasts about --seconds."""
+    argv = args_for(tmp_path, data_root(tmp_path), "--counts", "2", "--steps", "100000", "--seconds", "3")
+    assert packing.main(argv) == 0
+    [count] = json.loads((tmp_path / "packing.json").read_text())["counts"]
+    for r in count["per_run"]:
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert summary["status"] == "stopped" and WARMUP < summary["steps"] < 100000
+        assert not [e for e in rundir.records(Path(r["run_dir"])) if "top1" in e]  # no evaluation
+    # from the moment both are past the warm-up (polled every 0.25 s) to the first stop's last step line
+    assert 2.5 < count["common_seconds"] < 3 + 5, count["common_seconds"]
 
 
 @pytest.mark.slow

@@ -1,22 +1,23 @@
 """Several training runs on one GPU: for each count N in --counts, N `fastcifar train RECIPE` processes
-started at once (seeds 0..N-1, --steps steps each), and their TOTAL images/s while all of them train.
-The count with the highest total is the packing for `reproduce.py --parallel N`.
+started at once (seeds 0..N-1), and their TOTAL images/s while all of them train. The count with the
+highest total is the packing for `reproduce.py --parallel N`.
 
-The measurement comes from each run's metrics.jsonl step lines (step and Unix time, train.log_every
-steps apart): the common window starts when the last run to get there is past --warmup-steps (start-up,
-compile and autotuning stay out) and ends when the first run to finish logs its last step line. A run's
-steps at any time in between are interpolated linearly between its step lines; the window is split into
---windows equal parts, and each part's total images/s is the sum over the runs of their images in it
-(steps x batch size) over its length. Reported: the median and min-max of the parts' totals, each run's
-median images/s and its seconds from start to its first step line (start-up + compile). The runs evaluate
-only after their last step: a first evaluation compiles the eval model, seconds that would land in the
-window (--train.eval_every=1 puts the epoch-end evaluations back; then --warmup-steps should pass the first
-epoch). --section.key=value goes to every run. The JSON is written after every count; a failed run, no
-common window (raise --steps), --timeout or SIGTERM stops the runs and the command, keeping what it measured.
+The runs train until every one of them is past --warmup-steps (start-up, compile and autotuning stay out),
+then --seconds more, and are stopped with SIGTERM (each stops at its next step; --steps caps a run's steps
+in case the stop never comes). The measurement comes from each run's metrics.jsonl step lines (step and
+Unix time, train.log_every steps apart): the common window starts when the last run to get there is past
+--warmup-steps and ends when the first run to end logs its last step line. A run's steps at any time in
+between are interpolated linearly between its step lines; the window is split into --windows equal parts,
+and each part's total images/s is the sum over the runs of their images in it (steps x batch size) over
+its length. Reported: the median and min-max of the parts' totals, each run's median images/s and its
+seconds from start to its first step line (start-up + compile). The runs do not evaluate before their last
+step: a first evaluation compiles the eval model, seconds that would land in the window. --section.key=value
+goes to every run. The JSON is written after every count; a failed run, no common window, --timeout or
+SIGTERM stops the runs and the command, keeping what it measured.
 
-Sizing: the defaults train (1 + 2 + 4 + 8) x 1500 steps x 128 = 2.9M images, plus each count's start-up
-and compile (ResNet-20's cold compile took 20 s on an H100 in benchmarks/results/ of 2026-11-23; the
-later counts usually find torch.compile's on-disk cache warm).
+Sizing: per count, start-up and compile (ResNet-20's cold compile took 20 s on an H100 in
+benchmarks/results/ of 2026-11-23; the later counts find torch.compile's on-disk cache warm), the warm-up
+steps, then --seconds (15): about 4 x 50 s for the default counts 1 2 4 8, whatever the GPU's speed.
 
     python benchmarks/packing.py --counts 1 2 4 8 --data-root data --out benchmarks/results/packing.json
 """
@@ -44,6 +45,7 @@ from fastcifar.bench import common
 from fastcifar.data import load_cifar
 from fastcifar.distributed import DEVICE_CHOICES, resolve_device
 from fastcifar.errors import FastcifarError
+from fastcifar.training.stopping import STOPPED_EXIT
 
 SCHEMA_VERSION = 1
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this fastcifar: a clone, or site-packages
@@ -132,7 +134,10 @@ def parse_args(argv):
     p.add_argument("--counts", type=common.positive_int, nargs="+", default=[1, 2, 4, 8],
                    help="runs at once, one measurement each")
     p.add_argument("--recipe", default="resnet20", help="the runs' config: a recipe name or a YAML file")
-    p.add_argument("--steps", type=common.positive_int, default=1500, help="training steps per run: enough that every run is past --warmup-steps before the first one ends")
+    p.add_argument("--steps", type=common.positive_int, default=100_000,
+                   help="training steps per run at most (train.max_steps); --seconds normally ends the runs first")
+    p.add_argument("--seconds", type=common.seconds, default=15.0,
+                   help="seconds all runs train together past --warmup-steps; then they are stopped (SIGTERM)")
     p.add_argument("--warmup-steps", type=common.non_negative_int, default=200,
                    help="steps of each run left out (compile and autotuning land in the first ones)")
     p.add_argument("--windows", type=common.positive_int, default=5, help="equal parts of the common window")
@@ -206,20 +211,34 @@ def failure(run: Run, n: int) -> str:
     return f"N={n}: run {run.seed} failed (exit status {run.proc.returncode}: {why}); its log: {run.log_path}"
 
 
-def wait(runs: list[Run], n: int, timeout: float) -> None:
-    """Until every run has finished; the first failure or the timeout ends the wait."""
-    deadline = time.monotonic() + timeout
+def past(run: Run, steps: int) -> bool:
+    """Whether the run has logged a step line at or past `steps`."""
+    lines = step_lines(rundir.records(run.run_dir))
+    return bool(lines) and lines[-1][1] >= steps
+
+
+def wait(runs: list[Run], n: int, args) -> None:
+    """Until every run has ended: by its --steps, or by the SIGTERM sent --seconds after every run is past
+    --warmup-steps (a stop at its next step, exit STOPPED_EXIT). The first failure or --timeout ends the wait."""
+    deadline, stop_at, signalled = time.monotonic() + args.timeout, None, False
     while any(r.ended is None for r in runs):
         for r in runs:
             if r.ended is None and r.proc.poll() is not None:
                 r.ended = time.time()
-                if r.proc.returncode != 0:
+                if r.proc.returncode != 0 and not (signalled and r.proc.returncode == STOPPED_EXIT):
                     raise Unmeasurable(failure(r, n))
+        if stop_at is None and all(r.ended is not None or past(r, args.warmup_steps) for r in runs):
+            stop_at = time.monotonic() + args.seconds  # every run trains from here: measure this long
+        if stop_at is not None and not signalled and time.monotonic() >= stop_at:
+            signalled = True
+            for r in runs:
+                if r.ended is None:
+                    r.proc.send_signal(signal.SIGTERM)
         if time.monotonic() > deadline:
             left = [str(r.seed) for r in runs if r.ended is None]
-            raise Unmeasurable(f"N={n}: run(s) {', '.join(left)} still running after --timeout {timeout:g} s; "
+            raise Unmeasurable(f"N={n}: run(s) {', '.join(left)} still running after --timeout {args.timeout:g} s; "
                                f"their logs: {runs[0].run_dir.parent}/run*/log.txt")
-        time.sleep(0.2)
+        time.sleep(0.25)
 
 
 def kill(runs: list[Run]) -> None:
@@ -235,7 +254,7 @@ def measure(args, n: int) -> dict:
     began = time.monotonic()
     try:
         launch(runs)
-        wait(runs, n, args.timeout)
+        wait(runs, n, args)
     finally:  # a failure, the timeout, a signal or Ctrl-C: leave no run behind
         kill(runs)
     wall = time.monotonic() - began
@@ -286,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure_all(args) -> int:
-    settings = {k: getattr(args, k) for k in ("recipe", "steps", "warmup_steps", "windows", "device", "data_root",
-                                              "timeout")}
+    settings = {k: getattr(args, k) for k in ("recipe", "steps", "seconds", "warmup_steps", "windows", "device",
+                                              "data_root", "timeout")}
     out = common.result("packing", SCHEMA_VERSION, cpu=args.resolved.type == "cpu", complete=False,
                         recipe=args.recipe, overrides=args.overrides,
                         settings={**settings, "runs_root": str(args.runs_root), "counts": args.counts},

@@ -262,9 +262,9 @@ def packing_markdown(result: dict, path: Path | None = None) -> str:
     overrides = f" with {' '.join(result['overrides'])}" if result.get("overrides") else ""
     verdict = (f" Most images/s: {best['n']} at once (`reproduce.py --parallel {best['n']}`)." if best
                else "") + (f" Stopped: {result['error']}" if result.get("error") else "")
-    return "\n".join([header(result, path), "", f"`{result['recipe']}`{overrides}: N runs at once, {s['steps']} steps "
-                      f"each; total images/s while all of them train (past {s['warmup_steps']} steps), median "
-                      f"(min–max) of {s['windows']} equal parts of that window.{verdict}", "",
+    return "\n".join([header(result, path), "", f"`{result['recipe']}`{overrides}: N runs at once, stopped {s['seconds']:g} s "
+                      f"after all of them were past {s['warmup_steps']} steps; total images/s while all of them "
+                      f"train, median (min–max) of {s['windows']} equal parts of that window.{verdict}", "",
                       packing.markdown(result["counts"]) if result["counts"] else "No count measured."])
 
 
