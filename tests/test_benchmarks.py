@@ -314,6 +314,31 @@ def test_time_to_accuracy_a_signal_in_a_runs_last_epoch_ends_the_script(tmp_path
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_time_to_accuracy_keeps_the_seeds_finished_before_a_stop(tmp_path, capsys, monkeypatch):
+    """The file is written after every run: a command stopped in its second seed keeps the first, marked
+    incomplete, so a time limit loses one seed at most; --first-seed names the seeds."""
+    import signal
+
+    from fastcifar.training.trainer import Trainer
+
+    evaluate, calls = Trainer.evaluate, []
+
+    def second_run_signalled(self):
+        calls.append(self.cfg.train.seed)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", second_run_signalled)
+    argv = tiny_tta_args(tmp_path, "--seeds", "2", "--first-seed", "4", "--epochs", "1")
+    assert time_to_accuracy.main(argv) == 3 and calls == [4, 5]
+    data = json.loads((tmp_path / "tta.json").read_text())
+    [recipe] = data["depths"][0]["recipes"]
+    assert data["complete"] is False and [r["seed"] for r in recipe["runs"]] == [4] and recipe["seeds"] == 1
+    assert data["settings"]["first_seed"] == 4
+    assert "recipes done are in" in capsys.readouterr().err
+
+
 def test_time_to_accuracy_bad_options_give_one_line(tmp_path, capsys):
     for argv, message in ((["--target", "120"], "percentage in (0, 100]"),
                           (["--depths", "8"], "resnet8.yml (pass --config FILE)"),
@@ -372,6 +397,50 @@ def test_time_to_target_selects_on_mean_final_accuracy():
     assert d["paper_top1"] == 93.03 and p["status"] == "reached" and p["recipe"] == 2
     missed = time_to_accuracy.time_to(recipes, 94.0)
     assert missed["status"] == "not reached" and missed["recipe"] is None and missed["wall_seconds"] is None
+
+
+def tta_result(runs: list[dict], date: str, target: float = 92.0, first_seed: int = 0) -> dict:
+    settings = {"target": target, "seeds": len(runs), "first_seed": first_seed, "depths": [56], "epochs": None,
+                "curves": False, "data": "cifar10", "overrides": [], "config": None, "device": "cuda",
+                "device_name": "NVIDIA H100 80GB HBM3", "world_size": 1, "run_root": f"runs/{date}"}
+    return {"kind": "time_to_accuracy", "settings": settings, "complete": True, "environment": {"date": date},
+            "depths": [time_to_accuracy.depth_record(56, [fake_recipe(56, runs)], target)]}
+
+
+def test_results_of_single_seeds_combine_into_one(tmp_path):
+    """One seed per command (--first-seed): report.py shows them as one 3-seed result, the mean and std and
+    the time to target recomputed over all seeds; a seed run again counts once, the newest; other settings
+    stay apart."""
+    seed0, seed1 = fake_run(0, [90.0, 92.4]), fake_run(1, [91.0, 91.8])
+    seed2_old, seed2 = fake_run(2, [80.0, 85.0]), fake_run(2, [91.0, 92.4], epoch_s=20.0)
+    files = [(tmp_path / "a.json", tta_result([seed0], "2026-12-08T01:00:00+00:00")),
+             (tmp_path / "b.json", tta_result([seed1, seed2_old], "2026-12-08T02:00:00+00:00", first_seed=1)),
+             (tmp_path / "c.json", tta_result([seed2], "2026-12-08T03:00:00+00:00", first_seed=2)),
+             (tmp_path / "other.json", tta_result([seed0], "2026-12-08T04:00:00+00:00", target=94.0))]
+    combined = dict(time_to_accuracy.combine(files))
+    assert set(combined) == {tmp_path / "c.json", tmp_path / "other.json"}
+    one = combined[tmp_path / "c.json"]
+    assert one["combined_from"] == ["a.json", "b.json", "c.json"] and one["settings"]["seed_list"] == [0, 1, 2]
+    [recipe] = one["depths"][0]["recipes"]
+    assert [r["seed"] for r in recipe["runs"]] == [0, 1, 2] and recipe["seeds"] == 3
+    # final top-1 92.4, 91.8, 92.4 by hand: mean 92.2, sample std sqrt(((0.2^2) * 2 + 0.4^2) / 2) = 0.3464
+    assert recipe["final_top1"]["mean"] == pytest.approx(92.2) and recipe["final_top1"]["std"] == pytest.approx(0.34641, abs=1e-4)
+    # wall seconds: 2 epochs x 11 s, 2 x 11 s, 2 x 21 s -> mean 28.667; reached: mean 92.2 >= 92
+    t = one["depths"][0]["time_to_target"]
+    assert t["status"] == "reached" and t["wall_seconds"]["mean"] == pytest.approx(86 / 3)
+    assert combined[tmp_path / "other.json"] is files[3][1]
+
+    results = tmp_path / "results"
+    for path, data in files[:3]:
+        common.write_json(results / path.name, data)
+    readme = tmp_path / "README.md"
+    readme.write_text(README_TEMPLATE)
+    assert report.main(["--results-dir", str(results), "--out-dir", str(tmp_path), "--readme", str(readme),
+                        "--no-plots"]) == 0
+    text = readme.read_text()
+    assert "3 seed(s) per recipe" in text and "Combined from 3 result files (seeds 0, 1, 2): a.json, b.json, c.json." in text
+    [row] = tables(text.split("<!-- BEGIN GENERATED: time_to_accuracy -->")[1])[0:1][0]
+    assert row["seeds"] == "3" and figures(row["final top-1"]) == pytest.approx([92.2, 0.35], abs=0.006)
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ from fastcifar import config as config_lib
 from fastcifar.bench import common, gpu_suite, packing, paper_bundle, reproduce, time_to_accuracy
 
 # run in full by the dry run: one step of each kind; the dry run's sizes make every other step-r* step the
-# same commands as step-r20-* (ResNet-8 at batch 32), and tta-*, paper-* differ from these by the depth only
-DRY_RUN = ["validate", "loaders", "step-r20-graphs", "step-r20-plain", "packing", "tta-r56", "paper-r20"]
+# same commands as step-r20-* (ResNet-8 at batch 32), and tta-*, paper-* differ from these by depth and seed
+DRY_RUN = ["validate", "loaders", "step-r20-graphs", "step-r20-plain", "packing", "tta-r56-s0", "paper-r20"]
 
 
 def suite(*argv, data=None, out=None):
@@ -90,7 +90,7 @@ def test_one_step_of_each_kind_dry_runs_on_the_cpu(tmp_path, tiny_root):
     measured = sorted(p.name for p in out.glob("*-*.json") if p.stem not in gpu_suite.STEPS)
     assert measured == ["loaders-dali-warp-affine.json", "loaders-loaders.json", "step-r20-graphs-graph.json",
                         "step-r20-graphs-reduce-overhead.json", "step-r20-plain-foreach.json",
-                        "step-r20-plain-plain.json", "packing-result.json", "tta-r56-result.json"]
+                        "step-r20-plain-plain.json", "packing-result.json", "tta-r56-s0-result.json"]
     assert all(json.loads((out / m).read_text())["complete"] for m in measured)
     assert sorted(p.name for p in out.glob("*.tar.gz")) == [f"paper-resnet20-seed{s}.tar.gz" for s in (0, 1, 2)]
     *_, packed = json.loads((out / "paper-r20.json").read_text())["results"]
@@ -127,7 +127,8 @@ def test_every_steps_gpu_commands_parse(name, tmp_path, tiny_root):
             config_lib.load(None, args.overrides)
         elif module == "fastcifar.bench.time_to_accuracy":
             args = time_to_accuracy.parse_args(rest)
-            assert args.seeds == 3 and args.depths == [int(name.removeprefix("tta-r"))]
+            depth, seed = map(int, name.removeprefix("tta-r").split("-s"))
+            assert (args.seeds, args.first_seed, args.depths) == (1, seed, [depth])
         elif module == "fastcifar.bench.reproduce":
             args = reproduce.parse_args(rest)
             depth = int(name.removeprefix("paper-r"))

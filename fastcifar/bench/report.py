@@ -215,10 +215,12 @@ def time_to_accuracy_markdown(result: dict, path: Path | None = None) -> str:
                      time_cell(t), time_cell(t, "wall_seconds_without_compile") if t["status"] == "reached" else DASH,
                      mean_std(chosen.get("compile_seconds"), 0, " s"), num(d.get("paper_top1"), 2),
                      time_cell(d.get("time_to_paper"))])
+    combined = (f" Combined from {len(result['combined_from'])} result files (seeds "
+                f"{', '.join(map(str, s['seed_list']))}): {', '.join(result['combined_from'])}." if result.get("combined_from") else "")
     return "\n".join([header(result, path), "", f"Target {s['target']}% test top-1 on {s['data']}, {s['seeds']} seed(s) per "
                       f"recipe, {s['world_size']} process(es). Time to target: wall time of the fastest recipe whose "
                       "MEAN FINAL accuracy reaches it (mean ± std over seeds), with and without compile time "
-                      "(measured, cold cache each run).", "", common.markdown_table(
+                      f"(measured, cold cache each run).{combined}", "", common.markdown_table(
                           ["depth", "recipe", "seeds", "final top-1", f"time to {s['target']:g}%", "without compile",
                            "compile", "paper top-1", "time to paper top-1"], rows)])
 
@@ -372,6 +374,10 @@ def load_results(paths: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
 def section(kind: str, results: list, plots: dict, link_from: Path) -> str:
     if kind == "paper_run":
         return paper_markdown([data for _path, data in results])
+    if kind == "time_to_accuracy":  # one seed per command on a GPU machine: their files make one result
+        from fastcifar.bench.time_to_accuracy import combine
+
+        results = combine(results)
     markdown = {"throughput": throughput_markdown, "time_to_accuracy": time_to_accuracy_markdown,
                 "cpu_side_by_side": cpu_side_by_side_markdown, "packing": packing_markdown}[kind]
     parts = [markdown(data, path) + (

@@ -10,6 +10,7 @@ epoch is evaluated (--curves: every epoch); compile time, cold each run, is repo
 import dataclasses
 import datetime as dt
 import itertools
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ SELECTION = ("time_to_target: the fastest recipe whose mean final test top-1 ove
 def parse_args(argv):
     p = common.parser("time_to_accuracy.py", __doc__)
     common.add_run_options(p, ("cifar10", "synthetic"), PAPER_DEPTHS)
-    p.add_argument("--seeds", type=common.positive_int, default=3, help="runs per recipe (seeds 0..N-1)")
+    p.add_argument("--seeds", type=common.positive_int, default=3, help="runs per recipe (seeds K..K+N-1)")
+    p.add_argument("--first-seed", type=common.non_negative_int, default=0, metavar="K",
+                   help="the first seed; results of other seeds of the same settings combine in report.py")
     p.add_argument("--target", type=common.percentage, default=92.0, help="test top-1, percent")
     p.add_argument("--epochs", type=common.positive_int, nargs="+",
                    help="recipe lengths to try (default: the recipe's train.epochs)")
@@ -54,7 +57,7 @@ def parse_args(argv):
 def plan(args, run_root: Path, data_root, world_size: int) -> dict[tuple[int, int], list]:
     """Every run's config by (depth, epochs), built and validated before the first one starts (hours may follow)."""
     runs = {}
-    for depth, epochs, seed in itertools.product(args.depths, args.epochs or [None], range(args.seeds)):
+    for depth, epochs, seed in itertools.product(args.depths, args.epochs or [None], range(args.first_seed, args.first_seed + args.seeds)):
         forced = {"model__name": f"resnet{depth}", "train__seed": seed, "train__resume": False,
                   "train__run_dir": run_root / f"resnet{depth}" / f"e{epochs or 'recipe'}" / f"seed{seed}",
                   "train__epochs": epochs, "train__device": None if args.device == "auto" else args.device,
@@ -89,16 +92,62 @@ def stat(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "values": values}
 
 
+RECIPE_KEYS = ("config", "epochs", "batch_size", "lr", "schedule", "loader")  # what makes runs one recipe's
+
+
 def recipe_record(config: Path, cfg, runs: list[dict]) -> dict:
-    crossings = [r["first_crossing"] for r in runs if r["first_crossing"]]
-    return {
+    return recipe_of_runs({
         "config": Path(os.path.relpath(config.resolve(), common.REPO)).as_posix(), "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size, "lr": cfg.optim.lr, "schedule": cfg.schedule.name,
-        "loader": cfg.loader.name, "seeds": len(runs), "runs": runs,
+        "loader": cfg.loader.name}, runs)
+
+
+def recipe_of_runs(recipe: dict, runs: list[dict]) -> dict:
+    """A recipe's record (RECIPE_KEYS from `recipe`) with its runs and the statistics over them."""
+    crossings = [r["first_crossing"] for r in runs if r["first_crossing"]]
+    return {
+        **{k: recipe[k] for k in RECIPE_KEYS}, "seeds": len(runs), "runs": runs,
         **{k: stat([r[k] for r in runs if r[k] is not None]) for k in
            ("final_top1", "wall_seconds", "wall_seconds_without_compile", "compile_seconds")},
         "first_crossing_seconds": {**stat([c["wall_seconds"] for c in crossings]), "count": len(crossings)},
     }
+
+
+def combine(results: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+    """Results of the same settings on the same device that differ only in their seeds (--first-seed, e.g.
+    one seed per command) as one result each: every recipe's runs from all of them, a seed run twice counted
+    once (the newest), the statistics and times to target recomputed. The others are returned as they are."""
+    def key(data: dict) -> str:
+        s = {k: v for k, v in data["settings"].items() if k not in ("seeds", "first_seed", "run_root")}
+        return json.dumps(s, sort_keys=True, default=str)
+
+    groups: dict[str, list[tuple[Path, dict]]] = {}
+    for path, data in results:
+        groups.setdefault(key(data), []).append((path, data))
+    combined = []
+    for group in groups.values():
+        if len(group) == 1:
+            combined.append(group[0])
+            continue
+        group.sort(key=lambda item: item[1].get("environment", {}).get("date", ""))  # oldest first
+        recipes: dict[int, dict[tuple, dict]] = {}  # depth -> recipe -> {"recipe": record, "runs": {seed: run}}
+        for _path, data in group:
+            for d in data["depths"]:
+                for r in d["recipes"]:
+                    entry = recipes.setdefault(d["depth"], {}).setdefault(
+                        tuple(r[k] for k in RECIPE_KEYS), {"recipe": r, "runs": {}})
+                    entry["runs"].update({run["seed"]: run for run in r["runs"]})
+        path, newest = group[-1]
+        target = newest["settings"]["target"]
+        seeds = sorted({seed for by_recipe in recipes.values() for e in by_recipe.values() for seed in e["runs"]})
+        combined.append((path, {
+            **newest, "complete": all(data.get("complete") for _p, data in group),
+            "settings": {**newest["settings"], "seeds": len(seeds), "first_seed": None, "seed_list": seeds},
+            "combined_from": [p.name for p, _d in group],
+            "depths": [depth_record(depth, [recipe_of_runs(e["recipe"], [e["runs"][k] for k in sorted(e["runs"])])
+                                            for e in by_recipe.values()], target)
+                       for depth, by_recipe in sorted(recipes.items())]}))
+    return combined
 
 
 def time_to(recipes: list[dict], target: float | None) -> dict | None:
@@ -152,7 +201,8 @@ def run(args, dist) -> int:
     groups = plan(args, run_root, data_root, dist.world_size)
     world = f"-x{dist.world_size}" if dist.world_size > 1 else ""
     out_path = args.out or common.out_path("time_to_accuracy", dist.device, world)
-    settings = {k: getattr(args, k) for k in ("target", "seeds", "depths", "epochs", "curves", "data", "overrides")}
+    settings = {k: getattr(args, k) for k in ("target", "seeds", "first_seed", "depths", "epochs", "curves", "data",
+                                              "overrides")}
     result = common.result("time_to_accuracy", SCHEMA_VERSION, complete=False, settings={
         **settings, "config": str(args.config) if args.config else None, "device": dist.device.type,
         "device_name": common.device_name(dist.device), "world_size": dist.world_size, "run_root": str(run_root)},
@@ -174,12 +224,13 @@ def run(args, dist) -> int:
                                 f"{summary['epochs']}/{cfg.train.epochs}); {done}")
                 return STOPPED_EXIT
             records.append(run_record(cfg, summary, curve, args.target if args.curves else None))
+            # after every run: a command that is killed keeps the seeds that finished (complete: false)
+            partial = {**recipes, depth: [*recipes.get(depth, []), recipe_record(args.recipes[depth], group[0], records)]}
+            result["depths"] = [depth_record(d, found, args.target) for d, found in partial.items()]
+            result["complete"] = done == len(groups) and len(records) == len(group)
+            if dist.is_main:
+                common.write_json(out_path, result)
         recipes.setdefault(depth, []).append(recipe_record(args.recipes[depth], group[0], records))
-        # after every recipe: a long run that dies keeps what finished
-        result["depths"] = [depth_record(d, found, args.target) for d, found in recipes.items()]
-        result["complete"] = done == len(groups)
-        if dist.is_main:
-            common.write_json(out_path, result)
     if dist.is_main:
         print(report.time_to_accuracy_markdown(result))
         common.log(f"wrote {out_path}")
