@@ -375,7 +375,7 @@ def section(kind: str, results: list, plots: dict, link_from: Path) -> str:
     if kind == "paper_run":
         return paper_markdown([data for _path, data in results])
     if kind == "time_to_accuracy":  # one seed per command on a GPU machine: their files make one result
-        from fastcifar.bench.time_to_accuracy import combine
+        from fastcifar.bench.tta_records import combine
 
         results = combine(results)
     markdown = {"throughput": throughput_markdown, "time_to_accuracy": time_to_accuracy_markdown,

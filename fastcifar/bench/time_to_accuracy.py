@@ -10,12 +10,12 @@ epoch is evaluated (--curves: every epoch); compile time, cold each run, is repo
 import dataclasses
 import datetime as dt
 import itertools
-import json
 import os
 import sys
 from pathlib import Path
 
 from fastcifar.bench import common, report
+from fastcifar.bench.tta_records import RECIPE_KEYS, combine, depth_record, recipe_of_runs, stat, time_to  # noqa: F401
 from fastcifar import config as config_lib
 from fastcifar import distributed as dist_lib
 from fastcifar.errors import Diverged, FastcifarError, stderr_line
@@ -87,86 +87,11 @@ def run_record(cfg, summary: dict, records: list[dict], target: float | None) ->
     }
 
 
-def stat(values: list[float]) -> dict:
-    mean, std = common.mean_std(values) if values else (None, None)
-    return {"mean": mean, "std": std, "values": values}
-
-
-RECIPE_KEYS = ("config", "epochs", "batch_size", "lr", "schedule", "loader")  # what makes runs one recipe's
-
-
 def recipe_record(config: Path, cfg, runs: list[dict]) -> dict:
     return recipe_of_runs({
         "config": Path(os.path.relpath(config.resolve(), common.REPO)).as_posix(), "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size, "lr": cfg.optim.lr, "schedule": cfg.schedule.name,
         "loader": cfg.loader.name}, runs)
-
-
-def recipe_of_runs(recipe: dict, runs: list[dict]) -> dict:
-    """A recipe's record (RECIPE_KEYS from `recipe`) with its runs and the statistics over them."""
-    crossings = [r["first_crossing"] for r in runs if r["first_crossing"]]
-    return {
-        **{k: recipe[k] for k in RECIPE_KEYS}, "seeds": len(runs), "runs": runs,
-        **{k: stat([r[k] for r in runs if r[k] is not None]) for k in
-           ("final_top1", "wall_seconds", "wall_seconds_without_compile", "compile_seconds")},
-        "first_crossing_seconds": {**stat([c["wall_seconds"] for c in crossings]), "count": len(crossings)},
-    }
-
-
-def combine(results: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
-    """Results of the same settings on the same device that differ only in their seeds (--first-seed, e.g.
-    one seed per command) as one result each: every recipe's runs from all of them, a seed run twice counted
-    once (the newest), the statistics and times to target recomputed. The others are returned as they are."""
-    def key(data: dict) -> str:
-        s = {k: v for k, v in data["settings"].items() if k not in ("seeds", "first_seed", "run_root")}
-        return json.dumps(s, sort_keys=True, default=str)
-
-    groups: dict[str, list[tuple[Path, dict]]] = {}
-    for path, data in results:
-        groups.setdefault(key(data), []).append((path, data))
-    combined = []
-    for group in groups.values():
-        if len(group) == 1:
-            combined.append(group[0])
-            continue
-        group.sort(key=lambda item: item[1].get("environment", {}).get("date", ""))  # oldest first
-        recipes: dict[int, dict[tuple, dict]] = {}  # depth -> recipe -> {"recipe": record, "runs": {seed: run}}
-        for _path, data in group:
-            for d in data["depths"]:
-                for r in d["recipes"]:
-                    entry = recipes.setdefault(d["depth"], {}).setdefault(
-                        tuple(r[k] for k in RECIPE_KEYS), {"recipe": r, "runs": {}})
-                    entry["runs"].update({run["seed"]: run for run in r["runs"]})
-        path, newest = group[-1]
-        target = newest["settings"]["target"]
-        seeds = sorted({seed for by_recipe in recipes.values() for e in by_recipe.values() for seed in e["runs"]})
-        combined.append((path, {
-            **newest, "complete": all(data.get("complete") for _p, data in group),
-            "settings": {**newest["settings"], "seeds": len(seeds), "first_seed": None, "seed_list": seeds},
-            "combined_from": [p.name for p, _d in group],
-            "depths": [depth_record(depth, [recipe_of_runs(e["recipe"], [e["runs"][k] for k in sorted(e["runs"])])
-                                            for e in by_recipe.values()], target)
-                       for depth, by_recipe in sorted(recipes.items())]}))
-    return combined
-
-
-def time_to(recipes: list[dict], target: float | None) -> dict | None:
-    """The fastest recipe whose mean final accuracy reaches `target`, or 'not reached'."""
-    if target is None:
-        return None
-    means = {i: r["final_top1"]["mean"] for i, r in enumerate(recipes) if r["final_top1"]["mean"] is not None}
-    best = min((i for i, mean in means.items() if mean >= target), default=None,
-               key=lambda i: recipes[i]["wall_seconds"]["mean"])
-    chosen = {} if best is None else recipes[best]
-    return {"target": target, "status": "not reached" if best is None else "reached", "recipe": best,
-            **{k: chosen.get(k) for k in ("wall_seconds", "wall_seconds_without_compile")},
-            "best_mean_final_top1": max(means.values(), default=None)}
-
-
-def depth_record(depth: int, recipes: list[dict], target: float) -> dict:
-    paper = common.PAPER_TOP1.get(depth)
-    return {"depth": depth, "model": f"resnet{depth}", "paper_top1": paper, "recipes": recipes,
-            "time_to_target": time_to(recipes, target), "time_to_paper": time_to(recipes, paper)}
 
 
 def main(argv: list[str] | None = None) -> int:
