@@ -211,6 +211,9 @@ old table
 <!-- BEGIN GENERATED: packing -->
 <!-- END GENERATED: packing -->
 
+<!-- BEGIN GENERATED: profile -->
+<!-- END GENERATED: profile -->
+
 <!-- BEGIN GENERATED: pretrained -->
 <!-- END GENERATED: pretrained -->
 

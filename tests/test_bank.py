@@ -21,6 +21,7 @@ def returned(tmp_path):
     (out / "loaders.log").write_text("== throughput loaders ...\n")
     (out / "loaders-loaders.json").write_text(json.dumps({"kind": "throughput", "environment": H100}))
     (out / "tests-loaders.xml").write_text("<testsuite/>")
+    (out / "profile-r20-b128.trace.json.gz").write_bytes(b"\x1f\x8b trace")
     fake_run(tmp_path / "runs", finished=True, checkpoints=((2, 0),))
     paper_bundle.pack(tmp_path / "runs", out, 8, [0])
     for f in out.iterdir():
@@ -35,6 +36,7 @@ def test_everything_that_came_back_is_banked_by_date_and_gpu(tmp_path, capsys):
     assert sorted(p.name for p in results.iterdir()) == sorted([
         "2026-12-07_h100_paper_resnet8_seed0.json",  # the archive's result file keeps its own name
         f"{prefix}loaders-loaders.json", f"{prefix}loaders.json", f"{prefix}loaders.log",
+        f"{prefix}profile-r20-b128.trace.json.gz",
         f"{prefix}tests-loaders.xml"])  # alone: the date and GPU of the call's JSON files
     assert (results / f"{prefix}loaders.log").read_text() == "== throughput loaders ...\n"
     assert (runs / "resnet8-seed0.pt").is_file() and "resnet8-seed0: finished" in capsys.readouterr().out
@@ -45,7 +47,7 @@ def test_everything_that_came_back_is_banked_by_date_and_gpu(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, text, message", [
-    ("notes.txt", "hello", "notes.txt: not a result (expected .json, .log, .xml or a paper-run .tar.gz)"),
+    ("notes.txt", "hello", "notes.txt: not a result (expected .json, .log, .xml, a .json.gz trace or a paper-run .tar.gz)"),
     ("loaders.json", json.dumps({"step": "loaders"}), "loaders.json: no environment with a date"),
     ("broken.json", "{", "broken.json: not a JSON object"),
     ("paper-resnet8-seed0.tar.gz", "not gzip", "paper-resnet8-seed0.tar.gz: not a readable .tar.gz"),

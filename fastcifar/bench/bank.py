@@ -7,8 +7,8 @@ on which GPU it was made, ready to commit; then `python benchmarks/report.py` re
   its weights beside it, its result file into benchmarks/results/ (paper_bundle.py says how).
 - a JSON file with an `environment` (every result file and every step report of the GPU suite):
   benchmarks/results/<date>_<gpu>_<name>.json, date and GPU from that environment.
-- a `.log` or `.xml` file: beside the JSON file of the same name (a step's log and its report), with its
-  prefix; alone, with the date and GPU of any JSON file banked in the same call.
+- a `.log`, `.xml` or `.json.gz` file (a step's log, its test report, a profiler trace): beside the JSON file
+  of the same name, with its prefix; alone, with the date and GPU of the JSON files banked in the same call.
 A name that already starts with a date keeps it. A different file already banked under the target name is
 refused, as is any other kind of file, each in one line, before anything is written.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from fastcifar.bench import common, paper_bundle
 
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}_")
-COMPANIONS = (".log", ".xml")
+COMPANIONS = (".log", ".xml", ".json.gz")  # a step's log, its test report, a profiler trace
 
 
 class Refused(Exception):
@@ -60,8 +60,8 @@ def plan(files: list[Path], results_dir: Path) -> list[tuple[Path, Path | None]]
                 raise Refused(str(e)) from None
             moves.append((f, None))
             continue
-        if f.suffix not in (".json", *COMPANIONS):
-            raise Refused(f"{f}: not a result (expected .json, .log, .xml or a paper-run .tar.gz)")
+        if f.suffix != ".json" and not f.name.endswith(COMPANIONS):
+            raise Refused(f"{f}: not a result (expected .json, .log, .xml, a .json.gz trace or a paper-run .tar.gz)")
         only = set(prefixes.values())
         prefix = prefixes.get(f.stem) or (only.pop() if len(only) == 1 else None)
         if prefix is None:

@@ -88,13 +88,16 @@ def sizes(args) -> dict:
                 # paper runs: one epoch of the step's recipe
                 "paper": ["--train.epochs=1", "--train.batch_size=32", "--loader.eval_batch_size=100",
                           "--loader.workers=0", "--train.log_every=2"],
+                # profile: ResNet-8 at batch 32, 3 profiled steps
+                "profile": ["--depth", "8", "--batch-size", "32", "--steps", "3", "--warmup", "2",
+                            "--synthetic-size", "256", "--loader", "torchvision", "--loader.workers=0"],
                 # packing: 1 and 2 ResNet-8 runs of 40 steps (two epochs of the 256 images at batch 16)
                 "packing": ["--counts", "1", "2", "--steps", "40", "--warmup-steps", "4", "--train.batch_size=16",
                             "--model.name=resnet8", "--loader.name=torchvision", "--loader.workers=0",
                             "--train.log_every=2"]}
     return {"train": ["--train.log_every=20"], "max_steps": 100, "stop_epochs": 30, "depths": None,
             "batch_sizes": None, "timing": ["--steps", "20", "--warmup", "5", "--repeats", "3"], "workers": 16,
-            "tta": [], "paper": [], "packing": ["--counts", "1", "2", "4", "8"]}
+            "tta": [], "paper": [], "packing": ["--counts", "1", "2", "4", "8"], "profile": None}
 
 
 def run_py(args, run_dir: Path, *extra: str) -> list[str]:
@@ -284,6 +287,24 @@ def way_overrides(args, way: str) -> list[str]:
     return [o.replace("cuda_graph=true", "cuda_graph=auto") if args.device == "cpu" else o for o in WAYS[way]]
 
 
+# ---- where the time goes ---------------------------------------------------------------------------------
+PROFILES = {"r20-b128": (20, 128, True), "r110-b1024": (110, 1024, False)}  # depth, batch, with a trace
+
+
+def profile_step(args) -> list[Command]:
+    """profile_step.py: the step under torch.profiler, model alone and end to end (torch-gpu, synthetic data):
+    ResNet-20 at batch 128 (launch-bound, with a Chrome trace) and ResNet-110 at batch 1024 (compute-bound)."""
+    commands = []
+    for label, (depth, batch, trace) in PROFILES.items():
+        out = args.out / f"{args.current}-{label}.json"
+        sized = sizes(args)["profile"] or ["--depth", str(depth), "--batch-size", str(batch)]
+        argv = [sys.executable, "-m", "fastcifar.bench.profile_step", "--device", args.device, *sized,
+                *(["--trace", str(args.out / f"{args.current}-{label}.trace.json.gz")] if trace else []),
+                "--out", str(out), *settings(args)]
+        commands.append(Command(f"profile_step {label}", argv, out=out))
+    return commands
+
+
 # ---- step 4: several runs on one GPU ---------------------------------------------------------------------
 def packing_step(args) -> list[Command]:
     """packing.py: 1, 2, 4 and 8 concurrent ResNet-20 runs at batch 128 (the paper recipe), their total
@@ -385,6 +406,9 @@ STEPS = {s.name: s for s in [
       for depth, minutes in ((20, 3), (56, 5)) for part, ways in (("graphs", ["graph", "reduce-overhead"]),
                                                                   ("plain", ["plain", "foreach"]))],
     *[Step(f"step-r110-{way}", f"R110 at batch 1024 and 128: {way}", 4.5, step_step(110, [way])) for way in WAYS],
+    # two processes: start-up, a cold compile (R20 20 s, R110 65 s), an epoch of synthetic data end to end
+    Step("profile", "where the time goes: R20 batch 128 (with a trace) and R110 batch 1024, torch.profiler", 2.5,
+         profile_step),
     # per count: start-up and compile (20 s cold, the on-disk cache warm after the first), 200 steps, 15 s
     Step("packing", "1, 2, 4, 8 concurrent R20 batch-128 runs: total images/s", 4, packing_step),
     # time to 92%, one seed a command: the fast recipes' images (R32 40 epochs, R56 and R110 50) at the
@@ -398,7 +422,7 @@ STEPS = {s.name: s for s in [
            paper_step(depth), limit=570.0) for depth in (20, 32, 44, 56, 110)],
 ]}
 GROUPS = {"validate": ["tests-loaders", "tests-engine", "runs", "stop-resume"],
-          "measure": ["loaders", *[n for n in STEPS if n.startswith("step-")]],
+          "measure": ["loaders", *[n for n in STEPS if n.startswith("step-")], "profile"],
           "accuracy": [n for n in STEPS if n.startswith(("packing", "tta-", "paper-"))]}
 
 

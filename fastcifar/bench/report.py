@@ -1,5 +1,5 @@
 """Tables and throughput plots from benchmark results into report.md and the README's sections between
-<!-- BEGIN GENERATED: K --> and <!-- END GENERATED: K --> (K: throughput, time_to_accuracy, paper, cpu_side_by_side, packing, and pretrained from
+<!-- BEGIN GENERATED: K --> and <!-- END GENERATED: K --> (K: throughput, time_to_accuracy, paper, cpu_side_by_side, packing, profile, and pretrained from
 fastcifar/weights/manifest.json); training curves.
 
     python benchmarks/report.py --readme README.md       # benchmarks/results/*.json -> report.md, PNGs, README
@@ -21,7 +21,8 @@ from fastcifar.files import write_text_atomic
 SECTIONS = {"throughput": ("throughput", "Throughput"), "time_to_accuracy": ("time_to_accuracy", "Time to accuracy"),
             "paper_run": ("paper", "Reproducing the paper's table"),
             "cpu_side_by_side": ("cpu_side_by_side", "run.py against the seed-style baseline on a CPU"),
-            "packing": ("packing", "Several runs on one GPU")}
+            "packing": ("packing", "Several runs on one GPU"),
+            "profile_step": ("profile", "Where the time goes")}
 DASH = "—"
 # CIFAR-10 test top-1 (%) of akamaster/pytorch_resnet_cifar10's best epochs; this project's finals aim at them.
 AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
@@ -270,6 +271,36 @@ def packing_markdown(result: dict, path: Path | None = None) -> str:
                       packing.markdown(result["counts"]) if result["counts"] else "No count measured."])
 
 
+# ---- where the time goes ------------------------------------------------------------------------------
+def profile_parts_markdown(parts: dict) -> str:
+    def ms(v):
+        return DASH if v is None else f"{v:.3f}"
+
+    rows = [[name, ms(p["wall_ms_per_step"]), ms(p["device_busy_ms_per_step"]),
+             DASH if p["device_idle_fraction"] is None else f"{100 * p['device_idle_fraction']:.0f}%",
+             DASH if p["device_ops_per_step"] is None else f"{p['device_ops_per_step']:.0f}",
+             ms(p["waiting_for_data_ms_per_step"])] for name, p in parts.items()]
+    lines = [common.markdown_table(["part", "wall ms/step", "device busy ms/step", "device idle", "device ops/step",
+                                    "next batch ms/step"], rows)]
+    for name, p in parts.items():
+        top = p["top_device"] or p["top_host"]
+        where = "device" if p["top_device"] else "host"
+        lines += ["", f"{name}: top {where} time", common.markdown_table(
+            ["op", "calls/step", "ms/step"], [[t["op"][:80], f"{t['calls_per_step']:.1f}", f"{t['ms_per_step']:.3f}"]
+                                               for t in top[:8]])]
+    return "\n".join(lines)
+
+
+def profile_markdown(result: dict, path: Path | None = None) -> str:
+    s = result["settings"]
+    rt = s["runtime"]
+    return "\n".join([header(result, path), "", f"ResNet-{s['depth']}, batch {s['batch_size']}, {s['loader']} on "
+                      f"{s['data']} data; amp {rt['amp_dtype']}, compile {rt['compile']} ({rt['compile_mode']}), "
+                      f"CUDA graph {rt['cuda_graph']}; {s['steps']} profiled steps after {s['warmup']}. Device busy: "
+                      "the sum of its kernels and copies; idle: the share of the step's wall time it was not.", "",
+                      profile_parts_markdown(result["parts"])])
+
+
 # ---- the paper's table -----------------------------------------------------------------------------
 def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
     """CIFAR-10 runs by depth, one per (depth, seed): the latest when a seed was run again."""
@@ -379,7 +410,8 @@ def section(kind: str, results: list, plots: dict, link_from: Path) -> str:
 
         results = combine(results)
     markdown = {"throughput": throughput_markdown, "time_to_accuracy": time_to_accuracy_markdown,
-                "cpu_side_by_side": cpu_side_by_side_markdown, "packing": packing_markdown}[kind]
+                "cpu_side_by_side": cpu_side_by_side_markdown, "packing": packing_markdown,
+                "profile_step": profile_markdown}[kind]
     parts = [markdown(data, path) + (
         f"\n\n![{kind.replace('_', ' ')}: {path.stem}]({Path(os.path.relpath(plots[path], link_from)).as_posix()})"
         if path in plots else "") for path, data in results]
