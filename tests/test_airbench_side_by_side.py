@@ -114,3 +114,20 @@ def test_the_vendored_sdist_is_the_one_its_readme_and_the_module_name():
     row = next(line for line in readme.splitlines() if line.startswith("| `airbench-0.1.8.tar.gz`"))
     (written,) = re.findall(r"`([0-9a-f]{64})`", row)
     assert sha256(SDIST) == written == side.SDIST_SHA256
+
+
+def test_the_comparison_and_table_of_a_gpu_result_put_airbench_s_median_beside_our_mean():
+    seconds = side.spread([3.0, 2.0, 4.0])
+    assert (seconds["median"], seconds["min"], seconds["max"], seconds["mean"]) == (3.0, 2.0, 4.0, 3.0)
+    airbench = {"version": "0.1.8", "runs": [{}, {}, {}], "seconds": seconds,
+                "top1_tta": side.spread([94.0, 94.2, 93.8]), "top1": side.spread([93.5, 93.5, 93.5])}
+    ours = {"depths": [{"depth": 56, "recipes": [{"seeds": 3, "final_top1": {"mean": 92.5}}],
+                        "time_to_target": {"target": 92.0, "status": "reached", "recipe": 0,
+                                           "wall_seconds": {"mean": 60.0}, "wall_seconds_without_compile":
+                                           {"mean": 45.0}, "best_mean_final_top1": 92.5}}]}
+    result = {"airbench": airbench, "comparison": side.comparison(airbench, ours, 56)}
+    assert result["comparison"]["fastcifar_seconds_over_airbench94"] == 60.0 / 3.0
+    assert result["comparison"]["fastcifar"]["top1_mean"] == 92.5
+    rows = side.markdown(result).splitlines()[2:]
+    assert rows[0] == "| airbench94 (airbench 0.1.8) | 3 | median 3.00 s (2.00–4.00) | 94.00% with TTA (93.50% without) |"
+    assert rows[1] == "| fastcifar resnet56 to 92.0% | 3 | mean 60.00 s (without compile 45.00 s) | 92.50% |"

@@ -324,7 +324,8 @@ def run(args, work: Path) -> int:
                                                                    "overrides")} | {"data_root": str(args.data_root)},
                            airbench={}, fastcifar={}, fastcifar_command=None, comparison={})
     result["command"] = result["environment"]["command"]
-    result["fastcifar"], argv = ours_side(args, work)  # first: the GPU to itself, no airbench context open
+    # ours first: the GPU to itself, none of airbench's data or models on it yet
+    result["fastcifar"], argv = ours_side(args, work)
     result["fastcifar_command"] = " ".join(argv[1:])
     common.write_json(args.out, result)
     result["airbench"] = airbench_side(args, work, digest)
