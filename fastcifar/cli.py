@@ -2,7 +2,7 @@
 
     fastcifar train resnet56 [--section.key=value ...] [--resume[=auto]]
     fastcifar evaluate --model cifar10_resnet56 --pretrained --data.root DIR
-    fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights|convert_weights|cpu_side_by_side|gpu_suite|packing|paper_bundle|bank|profile_step [...]
+    fastcifar bench throughput|time_to_accuracy|reproduce|report|export_weights|convert_weights|cpu_side_by_side|gpu_suite|packing|paper_bundle|bank|profile_step|airbench_side_by_side [...]
     fastcifar recipes
 
 `python run.py CONFIG` in a clone is `fastcifar train CONFIG`.
@@ -34,7 +34,7 @@ Keys, with their values (a CONFIG's, after overrides, else the built-in defaults
 """
 
 BENCHES = ("throughput", "time_to_accuracy", "reproduce", "report", "export_weights", "convert_weights",
-           "cpu_side_by_side", "gpu_suite", "packing", "paper_bundle", "bank", "profile_step")
+           "cpu_side_by_side", "gpu_suite", "packing", "paper_bundle", "bank", "profile_step", "airbench_side_by_side")
 
 
 def train(argv: list[str], prog: str = "fastcifar train") -> int:
