@@ -11,11 +11,12 @@ import pytest
 from conftest import REPO, import_dali, write_npz
 
 from fastcifar import config as config_lib
-from fastcifar.bench import common, gpu_suite, packing, paper_bundle, profile_step, reproduce, time_to_accuracy
+from fastcifar.bench import (airbench_side_by_side, common, gpu_suite, packing, paper_bundle, profile_step, reproduce,
+                             time_to_accuracy)
 
 # run in full by the dry run: one step of each kind; the dry run's sizes make every other step-r* step the
 # same commands as step-r20-* (ResNet-8 at batch 32), and tta-*, paper-* differ from these by depth and seed
-DRY_RUN = ["validate", "loaders", "step-r20-graphs", "step-r20-plain", "profile", "packing", "tta-r56-s0", "paper-r20"]
+DRY_RUN = ["validate", "loaders", "step-r20-graphs", "step-r20-plain", "profile", "packing", "tta-r56-s0", "paper-r20", "airbench"]
 
 
 def suite(*argv, data=None, out=None):
@@ -68,7 +69,7 @@ def test_a_failing_command_fails_the_suite(tmp_path, tiny_root):
 
 @pytest.mark.slow
 def test_one_step_of_each_kind_dry_runs_on_the_cpu(tmp_path, tiny_root):
-    """validate, loaders, the step, a profile, packing, time to accuracy and a paper run, every command at tiny sizes: exit 0,
+    """validate, loaders, the step, a profile, packing, time to accuracy, a paper run and the side by side, every command at tiny sizes: exit 0,
     each step's JSON and log written, the table printed last, the stop-and-resume run signalled and resumed,
     every throughput file complete, every paper run packed for the bank."""
     import_dali()  # the loaders step and the DALI runs need it
@@ -88,10 +89,10 @@ def test_one_step_of_each_kind_dry_runs_on_the_cpu(tmp_path, tiny_root):
     assert resume["summary"]["status"] == "cut_short" and resume["summary"]["steps"] > stop["summary"]["steps"] >= 1
     assert torchrun["summary"]["world_size"] == 1
     measured = sorted(p.name for p in out.glob("*-*.json") if p.stem not in gpu_suite.STEPS)
-    assert measured == ["loaders-dali-warp-affine.json", "loaders-loaders.json", "step-r20-graphs-graph.json",
-                        "step-r20-graphs-reduce-overhead.json", "step-r20-plain-foreach.json",
-                        "step-r20-plain-plain.json", "packing-result.json", "profile-r110-b1024.json",
-                        "profile-r20-b128.json", "tta-r56-s0-result.json"]
+    assert measured == sorted(["airbench-result.json", "loaders-dali-warp-affine.json", "loaders-loaders.json",
+                               "step-r20-graphs-graph.json", "step-r20-graphs-reduce-overhead.json",
+                               "step-r20-plain-foreach.json", "step-r20-plain-plain.json", "packing-result.json",
+                               "profile-r110-b1024.json", "profile-r20-b128.json", "tta-r56-s0-result.json"])
     assert all(json.loads((out / m).read_text()).get("complete", True) for m in measured)
     assert (out / "profile-r20-b128.trace.json.gz").is_file()
     assert sorted(p.name for p in out.glob("*.tar.gz")) == [f"paper-resnet20-seed{s}.tar.gz" for s in (0, 1, 2)]
@@ -145,6 +146,10 @@ def test_every_steps_gpu_commands_parse(name, tmp_path, tiny_root):
             device = rest.index("--device") + 1
             args = profile_step.parse_args([*rest[:device], "cpu", *rest[device + 1:]])
             assert (args.depth, args.batch_size) in [(d, b) for d, b, _trace in gpu_suite.PROFILES.values()]
+        elif module == "fastcifar.bench.airbench_side_by_side":  # parsed for the CPU: it checks for CUDA
+            device = rest.index("--device") + 1
+            args = airbench_side_by_side.parse_args([*rest[:device], "cpu", *rest[device + 1:]])
+            assert (args.depth, args.seeds, args.target) == (56, 1, 92.0)
         elif module == "fastcifar.bench.paper_bundle":
             paper_bundle.build_parser().parse_args(rest)
         else:

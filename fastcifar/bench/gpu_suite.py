@@ -323,6 +323,17 @@ def packing_step(args) -> list[Command]:
     return [Command("packing.py, 1 2 4 8 runs at once", argv, check, out=out)]
 
 
+# ---- step 7: side by side with the speed peer ------------------------------------------------------------
+def airbench_step(args) -> list[Command]:
+    """airbench_side_by_side.py: our time to 92% (ResNet-56's fast recipe, one seed) and airbench94 (5 timed
+    runs after a warm-up) on the same GPU in one command and one result file."""
+    out = args.out / f"{args.current}-result.json"
+    argv = [sys.executable, "-m", "fastcifar.bench.airbench_side_by_side", "--device", args.device,
+            "--data-root", str(args.data_root), "--seeds", "1", "--run-root", str(fresh_dir(args.runs / args.current)),
+            "--work-dir", str(fresh_dir(args.runs / f"{args.current}-work")), "--out", str(out), *settings(args)]
+    return [Command("airbench94 and time_to_accuracy resnet56, one GPU", argv, out=out)]
+
+
 # ---- steps 5 and 6: accuracy -------------------------------------------------------------------------
 def settings(args) -> list[str]:
     """--set KEY=VALUE options as config overrides for the accuracy runs."""
@@ -417,13 +428,17 @@ STEPS = {s.name: s for s in [
     *[Step(f"tta-r{depth}-s{seed}", f"time to 92%: configs/fast/resnet{depth}.yml, seed {seed}", minutes,
            tta_step(depth, seed), limit=570.0) for depth, minutes in ((56, 3), (32, 1.7), (110, 5.6))
       for seed in (0, 1, 2)],
+    # our R56 seed as in tta-r56-s0 (3 min), airbench94's warm-up and 5 runs (its 3.8 s each on an A100)
+    Step("airbench", "side by side: airbench94 and our R56 time to 92%, one result file", 4, airbench_step,
+         limit=570.0),
     # paper runs fill the command: what is not finished by then is stopped with a checkpoint and banked
     *[Step(f"paper-r{depth}", f"configs/resnet{depth}.yml, 200 epochs, the unfinished seeds, resumable", 9.5,
            paper_step(depth), limit=570.0) for depth in (20, 32, 44, 56, 110)],
 ]}
 GROUPS = {"validate": ["tests-loaders", "tests-engine", "runs", "stop-resume"],
           "measure": ["loaders", *[n for n in STEPS if n.startswith("step-")], "profile"],
-          "accuracy": [n for n in STEPS if n.startswith(("packing", "tta-", "paper-"))]}
+          "accuracy": [n for n in STEPS if n.startswith(("packing", "tta-", "paper-"))],
+          "peer": ["airbench"]}
 
 
 # ---- running ----------------------------------------------------------------------------------------
