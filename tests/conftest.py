@@ -214,6 +214,9 @@ old table
 <!-- BEGIN GENERATED: profile -->
 <!-- END GENERATED: profile -->
 
+<!-- BEGIN GENERATED: airbench -->
+<!-- END GENERATED: airbench -->
+
 <!-- BEGIN GENERATED: pretrained -->
 <!-- END GENERATED: pretrained -->
 

@@ -572,7 +572,7 @@ def test_report_without_results_says_not_measured(tmp_path):
     (tmp_path / "none").mkdir()
     argv = ["--results-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)]
     assert report.main(argv) == 0
-    assert readme.read_text().count("Not measured yet.") == 5 and "old text" not in readme.read_text()
+    assert readme.read_text().count("Not measured yet.") == 6 and "old text" not in readme.read_text()
 
 
 def test_report_refuses_a_readme_without_markers(tmp_path, capsys):

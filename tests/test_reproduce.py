@@ -311,4 +311,4 @@ def test_report_paper_table_over_all_runs(tmp_path, capsys):
     assert list(table) == [20, 32, 44, 56, 110]
     assert {row["runs (seeds)"] for row in table.values()} == {"not measured"}
     assert figures(table[110]["akamaster best-of-run"]) == [93.68]
-    assert text.count("Not measured yet.") == 5  # throughput, time to accuracy, CPU side by side, packing, profile
+    assert text.count("Not measured yet.") == 6  # throughput, time to accuracy, CPU side by side, packing, profile, airbench

@@ -1,5 +1,5 @@
 """Tables and throughput plots from benchmark results into report.md and the README's sections between
-<!-- BEGIN GENERATED: K --> and <!-- END GENERATED: K --> (K: throughput, time_to_accuracy, paper, cpu_side_by_side, packing, profile, and pretrained from
+<!-- BEGIN GENERATED: K --> and <!-- END GENERATED: K --> (K: throughput, time_to_accuracy, paper, cpu_side_by_side, packing, profile, airbench, and pretrained from
 fastcifar/weights/manifest.json); training curves.
 
     python benchmarks/report.py --readme README.md       # benchmarks/results/*.json -> report.md, PNGs, README
@@ -22,7 +22,8 @@ SECTIONS = {"throughput": ("throughput", "Throughput"), "time_to_accuracy": ("ti
             "paper_run": ("paper", "Reproducing the paper's table"),
             "cpu_side_by_side": ("cpu_side_by_side", "run.py against the seed-style baseline on a CPU"),
             "packing": ("packing", "Several runs on one GPU"),
-            "profile_step": ("profile", "Where the time goes")}
+            "profile_step": ("profile", "Where the time goes"),
+            "airbench_side_by_side": ("airbench", "Side by side with airbench")}
 DASH = "—"
 # CIFAR-10 test top-1 (%) of akamaster/pytorch_resnet_cifar10's best epochs; this project's finals aim at them.
 AKAMASTER_TOP1 = {20: 91.73, 32: 92.63, 44: 93.10, 56: 93.39, 110: 93.68}
@@ -301,6 +302,18 @@ def profile_markdown(result: dict, path: Path | None = None) -> str:
                       profile_parts_markdown(result["parts"])])
 
 
+# ---- side by side with the speed peer ------------------------------------------------------------------
+def airbench_markdown(result: dict, path: Path | None = None) -> str:
+    from fastcifar.bench import airbench_side_by_side
+
+    ratio = (result.get("comparison") or {}).get("fastcifar_seconds_over_airbench94")
+    return "\n".join([header(result, path), "", "airbench94 and this project's time to "
+                      f"{result['settings']['target']:g}% on the same GPU in one command; airbench's seconds cover "
+                      "its published scope (whitening, training, test-time augmentation), ours the whole run "
+                      "with compile." + (f" Ours / airbench's: {ratio:.1f}x." if ratio else ""), "",
+                      airbench_side_by_side.markdown(result)])
+
+
 # ---- the paper's table -----------------------------------------------------------------------------
 def paper_runs(results: list[dict]) -> dict[int, list[dict]]:
     """CIFAR-10 runs by depth, one per (depth, seed): the latest when a seed was run again."""
@@ -411,7 +424,7 @@ def section(kind: str, results: list, plots: dict, link_from: Path) -> str:
         results = combine(results)
     markdown = {"throughput": throughput_markdown, "time_to_accuracy": time_to_accuracy_markdown,
                 "cpu_side_by_side": cpu_side_by_side_markdown, "packing": packing_markdown,
-                "profile_step": profile_markdown}[kind]
+                "profile_step": profile_markdown, "airbench_side_by_side": airbench_markdown}[kind]
     parts = [markdown(data, path) + (
         f"\n\n![{kind.replace('_', ' ')}: {path.stem}]({Path(os.path.relpath(plots[path], link_from)).as_posix()})"
         if path in plots else "") for path, data in results]
