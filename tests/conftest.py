@@ -184,6 +184,20 @@ def stored_reference(name: str, computed: dict) -> dict:
     return json.loads(path.read_text())
 
 
+def readme_section(tmp_path: Path, marker: str, results: dict[str, dict]) -> str:
+    """report.py run on `results` (file name -> data) into a README of README_TEMPLATE: the text of the
+    section `marker`."""
+    from fastcifar.bench import common, report
+
+    for name, data in results.items():
+        common.write_json(tmp_path / "results" / name, data)
+    readme = tmp_path / "README.md"
+    readme.write_text(README_TEMPLATE)
+    assert report.main(["--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path), "--readme",
+                        str(readme), "--no-plots"]) == 0
+    return readme.read_text().split(f"<!-- BEGIN GENERATED: {marker} -->")[1].split(f"<!-- END GENERATED: {marker} -->")[0]
+
+
 # ---- a README with every generated section of benchmarks/report.py, for its tests ----
 README_TEMPLATE = """# project
 

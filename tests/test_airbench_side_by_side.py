@@ -134,9 +134,9 @@ def test_the_comparison_and_table_of_a_gpu_result_put_airbench_s_median_beside_o
 
 
 def test_a_banked_result_fills_the_readme_section(tmp_path):
-    from conftest import README_TEMPLATE
+    from conftest import readme_section
 
-    from fastcifar.bench import common, report
+    from fastcifar.bench import common
 
     airbench = {"version": "0.1.8", "runs": [{}, {}], "seconds": side.spread([4.0, 2.0]),
                 "top1_tta": side.spread([94.0, 94.2]), "top1": side.spread([93.5, 93.5])}
@@ -146,11 +146,6 @@ def test_a_banked_result_fills_the_readme_section(tmp_path):
                                            {"mean": 30.0}, "best_mean_final_top1": 92.4}}]}
     result = common.result("airbench_side_by_side", 1, complete=True, settings={"target": 92.0}, airbench=airbench,
                            fastcifar=ours, comparison=side.comparison(airbench, ours, 56))
-    common.write_json(tmp_path / "results" / "2026-12-08_h100_airbench-result.json", result)
-    readme = tmp_path / "README.md"
-    readme.write_text(README_TEMPLATE)
-    assert report.main(["--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path), "--readme",
-                        str(readme), "--no-plots"]) == 0
-    section = readme.read_text().split("<!-- BEGIN GENERATED: airbench -->")[1].split("<!-- END GENERATED")[0]
+    section = readme_section(tmp_path, "airbench", {"2026-12-08_h100_airbench-result.json": result})
     assert "Ours / airbench's: 15.0x." in section  # 45 s against the median of 4 and 2 s
     assert "| airbench94 (airbench 0.1.8) | 2 | median 3.00 s (2.00–4.00) |" in section

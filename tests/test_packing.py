@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import README_TEMPLATE, REPO, tables
+from conftest import REPO, readme_section, tables
 
 from fastcifar import rundir
 from fastcifar.bench import packing
@@ -87,20 +87,14 @@ def test_best_and_the_table():
 
 def test_a_banked_result_fills_the_readme_section(tmp_path):
     """report.py puts a packing result into the README's packing section: the settings, the verdict, the table."""
-    from fastcifar.bench import common, report
+    from fastcifar.bench import common
 
     counts = [{"n": n, "total_images_per_s": {"median": m, "min": m - 100, "max": m + 100}}
               for n, m in ((1, 1000.0), (2, 1800.0))]
     result = common.result("packing", 1, complete=True, recipe="configs/resnet20.yml", overrides=["--loader.name=dali"],
                            settings={"steps": 100000, "seconds": 15.0, "warmup_steps": 200, "windows": 5}, counts=counts,
                            best=packing.best(counts), error=None)
-    (tmp_path / "results").mkdir()
-    common.write_json(tmp_path / "results" / "2026-12-08_h100_packing-result.json", result)
-    readme = tmp_path / "README.md"
-    readme.write_text(README_TEMPLATE)
-    assert report.main(["--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path), "--readme",
-                        str(readme), "--no-plots"]) == 0
-    section = readme.read_text().split("<!-- BEGIN GENERATED: packing -->")[1].split("<!-- END GENERATED: packing -->")[0]
+    section = readme_section(tmp_path, "packing", {"2026-12-08_h100_packing-result.json": result})
     assert ("`configs/resnet20.yml` with --loader.name=dali: N runs at once, stopped 15 s after all of them were "
             "past 200 steps" in section)
     assert "Most images/s: 2 at once (`reproduce.py --parallel 2`)." in section

@@ -58,17 +58,9 @@ def test_a_cpu_profile_of_both_parts(tmp_path, capsys):
     assert "traceEvents" in json.loads(gzip.decompress(trace.read_bytes()))
     assert "| model alone |" in capsys.readouterr().out
 
-    from conftest import README_TEMPLATE, tables
+    from conftest import readme_section, tables
 
-    from fastcifar.bench import report
-
-    (tmp_path / "results").mkdir()
-    out.rename(tmp_path / "results" / out.name)
-    readme = tmp_path / "README.md"
-    readme.write_text(README_TEMPLATE)
-    assert report.main(["--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path), "--readme",
-                        str(readme), "--no-plots"]) == 0
-    section = readme.read_text().split("<!-- BEGIN GENERATED: profile -->")[1].split("<!-- END GENERATED: profile -->")[0]
+    section = readme_section(tmp_path, "profile", {out.name: data})
     assert "ResNet-8, batch 32, torchvision on synthetic data" in section
     assert [r["part"] for r in tables(section)[0]] == ["model alone", "end to end"]
 

@@ -27,12 +27,10 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from fastcifar import pipelines
 from fastcifar.bench import common, report
-from fastcifar.bench.throughput import build_step, endless, make_config
+from fastcifar.bench.throughput import build_step, endless, make_config, train_split
 from fastcifar.config import LoaderName, choices
-from fastcifar.data import load_cifar
 from fastcifar.distributed import resolve_device
 from fastcifar.errors import FastcifarError
-from fastcifar.synthetic import synthetic_split
 from fastcifar.training.prefetch import prefetch
 
 SCHEMA_VERSION = 1
@@ -60,12 +58,7 @@ def parse_args(argv):
         args.cfg = make_config(args, args.depth, args.loader, args.batch_size)
     except FastcifarError as e:
         p.error(str(e))
-    try:  # not a usage error: one line, no usage text
-        data = args.cfg.data
-        args.split = (load_cifar("cifar10", data.root, "train", data.download) if args.data == "cifar10"
-                      else synthetic_split(args.synthetic_size, seed=args.seed, learnable=False))
-    except FastcifarError as e:
-        p.exit(2, f"profile_step.py: error: {e}\n")
+    args.split = train_split(p, args, args.cfg)
     return args
 
 

@@ -52,18 +52,24 @@ def parse_args(argv):
         args.runtime = resolve_runtime(args.fast.train, args.device, implementation=args.fast.optim.implementation)
     except FastcifarError as e:
         p.error(str(e))
-    try:  # not a usage error: one line, no usage text
-        data = args.fast.data
-        args.split = (load_cifar("cifar10", data.root, "train", data.download) if args.data == "cifar10"
-                      else synthetic_split(args.synthetic_size, seed=args.seed, learnable=False))
-    except FastcifarError as e:
-        p.exit(2, f"throughput.py: error: {e}\n")
+    args.split = train_split(p, args, args.fast)
     args.save = lambda: None  # main() sets it: the output is written after every figure
     args.out = args.out or common.out_path("throughput", args.device)
     args.peak = flops.peak_bandwidth(common.device_name(args.device))  # bytes/s; None when unknown
     args.baseline = None if args.no_baseline else {**SEED_STYLE, "batch_size": args.baseline_batch_size,
                                                    "workers": args.baseline_workers}
     return args
+
+
+def train_split(p, args, cfg):
+    """The images a benchmark trains on: CIFAR-10's train split where cfg.data says, or --synthetic-size
+    random ones; a failure (no data set there) is one line, not a usage error."""
+    try:
+        data = cfg.data
+        return (load_cifar("cifar10", data.root, "train", data.download) if args.data == "cifar10"
+                else synthetic_split(args.synthetic_size, seed=args.seed, learnable=False))
+    except FastcifarError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
 
 
 def make_config(args, depth: int, loader: str, batch: int, seed_style: bool = False):
