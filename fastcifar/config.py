@@ -385,6 +385,21 @@ def recipe_change(saved: dict, cfg: Config) -> str | None:
     return None
 
 
+def recipe_digest(cfg: Config) -> str:
+    """A short hash of what cfg trains (its RECIPE keys but the seed): runs of one recipe, wherever its file
+    lives and whatever seed, share it; a recipe file that changed (tuned) gets another."""
+    import hashlib
+    import json
+
+    tree, picked = to_dict(cfg), {}
+    for entry in RECIPE:
+        section, _, only = entry.partition(".")
+        for key, value in tree[section].items():
+            if (not only or key == only) and f"{section}.{key}" not in (*NOT_RECIPE, "train.seed"):
+                picked[f"{section}.{key}"] = value
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def saved_recipe_change(path: str | Path, cfg: Config) -> str | None:
     """recipe_change against the config.yaml of a run directory; None when there is no such file. A file
     that is not a readable config tree is refused: the recipe of the run beside it cannot be known, and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -57,6 +58,11 @@ def cpu_model() -> str | None:
 COMMIT_VARIABLE = "FASTCIFAR_COMMIT"
 
 
+def is_commit(text: str) -> bool:
+    """A git commit id as `git rev-parse` writes it, or abbreviated (7 hex digits or more)."""
+    return re.fullmatch(r"[0-9a-f]{7,40}", text) is not None
+
+
 def environment() -> dict:
     """Recorded with every benchmark result; no hostname, no user."""
     import torchvision
@@ -67,8 +73,10 @@ def environment() -> dict:
     commit = _run(["git", "rev-parse", "HEAD"])
     dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])) if commit else None
     git = {"commit": commit, "dirty": dirty}
-    if commit is None and os.environ.get(COMMIT_VARIABLE):  # a copy of the tree without .git (a GPU machine)
-        git = {"commit": os.environ[COMMIT_VARIABLE], "dirty": None, "source": COMMIT_VARIABLE}
+    given = os.environ.get(COMMIT_VARIABLE)
+    if commit is None and given:  # a copy of the tree without .git (a GPU machine)
+        git = {"commit": given if is_commit(given) else None, "dirty": None, "source": COMMIT_VARIABLE,
+               **({} if is_commit(given) else {"not_a_commit": given})}
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),

@@ -32,7 +32,7 @@ def returned(tmp_path):
 def test_everything_that_came_back_is_banked_by_date_and_gpu(tmp_path, capsys):
     out, results, runs = returned(tmp_path), tmp_path / "results", tmp_path / "bank"
     assert bank.main([*map(str, sorted(out.iterdir())), "--results-dir", str(results), "--bank", str(runs)]) == 0
-    prefix = "2026-12-08_nvidia-h100-80gb-hbm3_"
+    prefix = "2026-12-08T10-11_nvidia-h100-80gb-hbm3_"  # to the minute, from the environment
     assert sorted(p.name for p in results.iterdir()) == sorted([
         "2026-12-07_h100_paper_resnet8_seed0.json",  # the archive's result file keeps its own name
         f"{prefix}loaders-loaders.json", f"{prefix}loaders.json", f"{prefix}loaders.log",
@@ -68,9 +68,26 @@ def test_a_file_that_is_not_a_result_is_refused_and_nothing_is_written(tmp_path,
 def test_a_different_file_under_the_same_name_is_not_overwritten(tmp_path, capsys):
     out, results = returned(tmp_path), tmp_path / "results"
     results.mkdir()
-    kept = results / "2026-12-08_nvidia-h100-80gb-hbm3_loaders.log"
+    kept = results / "2026-12-08T10-11_nvidia-h100-80gb-hbm3_loaders.log"
     kept.write_text("an earlier call's log\n")
     with pytest.raises(SystemExit):
         bank.main([str(out / "loaders.json"), str(out / "loaders.log"), "--results-dir", str(results)])
     assert f"{kept} exists and differs" in capsys.readouterr().err
     assert kept.read_text() == "an earlier call's log\n" and len(list(results.iterdir())) == 1
+
+
+def test_two_archives_of_one_run_a_folder_and_a_cut_write(tmp_path, capsys):
+    out, other = returned(tmp_path), tmp_path / "other"
+    other.mkdir()
+    (other / "paper-resnet8-seed0.tar.gz").write_bytes((out / "paper-resnet8-seed0.tar.gz").read_bytes())
+    with pytest.raises(SystemExit):
+        bank.main([str(out / "paper-resnet8-seed0.tar.gz"), str(other / "paper-resnet8-seed0.tar.gz"),
+                   "--results-dir", str(tmp_path / "results"), "--bank", str(tmp_path / "bank")])
+    assert "both hold resnet8-seed0: bank one call's output at a time" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bank.main([str(out), "--results-dir", str(tmp_path / "results")])
+    assert f"{out} is a folder: pass the files in it ({out}/*)" in capsys.readouterr().err
+    (out / "paper-resnet8-seed1.tar.gz.tmp").write_bytes(b"cut")
+    assert bank.main([str(out / "loaders.json"), str(out / "paper-resnet8-seed1.tar.gz.tmp"),
+                      "--results-dir", str(tmp_path / "results"), "--bank", str(tmp_path / "bank")]) == 0
+    assert "skipped" in capsys.readouterr().out and not (tmp_path / "bank").exists()

@@ -364,9 +364,9 @@ def fake_run(seed: int, top1s: list[float], epoch_s: float = 10.0, compile_s: fl
     return time_to_accuracy.run_record(cfg, summary, records, 92.0)
 
 
-def fake_recipe(depth: int, runs: list[dict]) -> dict:
+def fake_recipe(depth: int, runs: list[dict], *tuned: str) -> dict:
     path = REPO / "configs" / "fast" / f"resnet{depth}.yml"
-    cfg = config_lib.load(path, ["--loader.name=torchvision", f"--train.epochs={runs[0]['epochs']}"])
+    cfg = config_lib.load(path, ["--loader.name=torchvision", f"--train.epochs={runs[0]['epochs']}", *tuned])
     return time_to_accuracy.recipe_record(path, cfg, runs)
 
 
@@ -399,12 +399,12 @@ def test_time_to_target_selects_on_mean_final_accuracy():
     assert missed["status"] == "not reached" and missed["recipe"] is None and missed["wall_seconds"] is None
 
 
-def tta_result(runs: list[dict], date: str, target: float = 92.0, first_seed: int = 0) -> dict:
+def tta_result(runs: list[dict], date: str, target: float = 92.0, first_seed: int = 0, tuned=()) -> dict:
     settings = {"target": target, "seeds": len(runs), "first_seed": first_seed, "depths": [56], "epochs": None,
                 "curves": False, "data": "cifar10", "overrides": [], "config": None, "device": "cuda",
                 "device_name": "NVIDIA H100 80GB HBM3", "world_size": 1, "run_root": f"runs/{date}"}
     return {"kind": "time_to_accuracy", "settings": settings, "complete": True, "environment": {"date": date},
-            "depths": [time_to_accuracy.depth_record(56, [fake_recipe(56, runs)], target)]}
+            "depths": [time_to_accuracy.depth_record(56, [fake_recipe(56, runs, *tuned)], target)]}
 
 
 def test_results_of_single_seeds_combine_into_one(tmp_path):
@@ -416,18 +416,26 @@ def test_results_of_single_seeds_combine_into_one(tmp_path):
     files = [(tmp_path / "a.json", tta_result([seed0], "2026-12-08T01:00:00+00:00")),
              (tmp_path / "b.json", tta_result([seed1, seed2_old], "2026-12-08T02:00:00+00:00", first_seed=1)),
              (tmp_path / "c.json", tta_result([seed2], "2026-12-08T03:00:00+00:00", first_seed=2)),
-             (tmp_path / "other.json", tta_result([seed0], "2026-12-08T04:00:00+00:00", target=94.0))]
+             (tmp_path / "other.json", tta_result([seed0], "2026-12-08T04:00:00+00:00", target=94.0)),
+             # the same file name and settings, but its recipe was tuned since: not averaged with the others
+             (tmp_path / "tuned.json", tta_result([fake_run(3, [91.0, 93.0])], "2026-12-09T01:00:00+00:00",
+                                                  first_seed=3, tuned=["--optim.weight_decay=0.001"]))]
     combined = dict(time_to_accuracy.combine(files))
-    assert set(combined) == {tmp_path / "c.json", tmp_path / "other.json"}
-    one = combined[tmp_path / "c.json"]
-    assert one["combined_from"] == ["a.json", "b.json", "c.json"] and one["settings"]["seed_list"] == [0, 1, 2]
-    [recipe] = one["depths"][0]["recipes"]
+    assert set(combined) == {tmp_path / "tuned.json", tmp_path / "other.json"}
+    one = combined[tmp_path / "tuned.json"]
+    assert one["combined_from"] == ["a.json", "b.json", "c.json", "tuned.json"]
+    assert one["settings"]["seed_list"] == [0, 1, 2, 3]
+    recipe, tuned = one["depths"][0]["recipes"]
+    assert [r["seed"] for r in tuned["runs"]] == [3] and tuned["recipe_digest"] != recipe["recipe_digest"]
     assert [r["seed"] for r in recipe["runs"]] == [0, 1, 2] and recipe["seeds"] == 3
     # final top-1 92.4, 91.8, 92.4 by hand: mean 92.2, sample std sqrt(((0.2^2) * 2 + 0.4^2) / 2) = 0.3464
-    assert recipe["final_top1"]["mean"] == pytest.approx(92.2) and recipe["final_top1"]["std"] == pytest.approx(0.34641, abs=1e-4)
-    # wall seconds: 2 epochs x 11 s, 2 x 11 s, 2 x 21 s -> mean 28.667; reached: mean 92.2 >= 92
+    assert recipe["final_top1"]["mean"] == pytest.approx(92.2)
+    assert recipe["final_top1"]["std"] == pytest.approx(0.34641, abs=1e-4)
+    # wall seconds: 2 epochs x 11 s, 2 x 11 s, 2 x 21 s -> mean 28.667; the tuned recipe's one seed: 2 x 11 s,
+    # final 93.0: both reach 92%, the tuned one sooner, so it is the time to target
+    assert recipe["wall_seconds"]["mean"] == pytest.approx(86 / 3)
     t = one["depths"][0]["time_to_target"]
-    assert t["status"] == "reached" and t["wall_seconds"]["mean"] == pytest.approx(86 / 3)
+    assert (t["status"], t["recipe"]) == ("reached", 1) and t["wall_seconds"]["mean"] == pytest.approx(22.0)
     assert combined[tmp_path / "other.json"] is files[3][1]
 
     results = tmp_path / "results"
@@ -642,6 +650,9 @@ def test_a_tree_without_git_records_the_commit_it_is_given(monkeypatch):
     real_run = env_lib._run
     monkeypatch.setattr(env_lib, "_run", lambda cmd: None if cmd[0] == "git" else real_run(cmd))
     assert env_lib.environment()["git"] == {"commit": sha, "dirty": None, "source": "FASTCIFAR_COMMIT"}
+    monkeypatch.setenv("FASTCIFAR_COMMIT", "HEAD")  # not a commit id: not recorded as one
+    assert env_lib.environment()["git"] == {"commit": None, "dirty": None, "source": "FASTCIFAR_COMMIT",
+                                            "not_a_commit": "HEAD"}
     monkeypatch.delenv("FASTCIFAR_COMMIT")
     assert env_lib.environment()["git"] == {"commit": None, "dirty": None}
 

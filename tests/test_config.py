@@ -136,6 +136,18 @@ def test_recipe_change_names_the_first_recipe_key_that_differs():
     assert config_lib.recipe_change(older, cfg) is None  # saved before the key existed
 
 
+def test_the_recipe_digest_changes_with_the_recipe_only():
+    base = config_lib.load(config_lib.recipe_path("fast/resnet56"))
+    digest = config_lib.recipe_digest(base)
+    elsewhere = config_lib.load(config_lib.recipe_path("fast/resnet56"), [
+        "--train.seed=7", "--train.run_dir=/tmp/x", "--data.root=/data", "--loader.name=torchvision",
+        "--optim.implementation=foreach", "--train.compile=false"])
+    assert config_lib.recipe_digest(elsewhere) == digest  # how and where it runs, and the seed, are not the recipe
+    for change in ("--optim.weight_decay=0.001", "--train.epochs=51", "--augment.erase_p=0.5", "--model.shortcut=B"):
+        tuned = config_lib.load(config_lib.recipe_path("fast/resnet56"), [change])
+        assert config_lib.recipe_digest(tuned) != digest, change
+
+
 def test_a_saved_config_is_compared_or_refused_when_unreadable(tmp_path):
     """The one reading of a run folder's config.yaml (the trainer's resume=auto and reproduce.py): absent,
     nothing to compare; another recipe, the first key; unreadable, one line naming the file."""

@@ -3,6 +3,7 @@ step's GPU-size commands parsed by the scripts they call, so that a typo never r
 command fails the suite; DALI required means DALI tests fail."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,6 +54,12 @@ def test_bad_options_are_one_line(tmp_path, tiny_root):
     assert missing.stderr.strip().splitlines() == [
         f"gpu_suite.py: error: --data-root: {tmp_path / 'nowhere'}/cifar10/train.npz not found "
         "(the staging guide's data lands in /root/data)"]
+    not_a_commit = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "runs", "--device", "cpu", "--dali-path",
+                                   "--data-root", str(tiny_root)], cwd=REPO, capture_output=True, text=True,
+                                  env={**os.environ, "FASTCIFAR_COMMIT": "$(git rev-parse HEAD)"})
+    assert not_a_commit.returncode == 2 and not_a_commit.stderr.strip().splitlines() == [
+        "gpu_suite.py: error: FASTCIFAR_COMMIT='$(git rev-parse HEAD)' is not a commit id (7 to 40 hex digits, "
+        "as git rev-parse HEAD writes it)"]
     unknown = suite("validat", data=tiny_root, out=tmp_path / "out")
     assert unknown.returncode == 2 and "invalid choice: 'validat'" in unknown.stderr
 
@@ -154,6 +161,34 @@ def test_every_steps_gpu_commands_parse(name, tmp_path, tiny_root):
             paper_bundle.build_parser().parse_args(rest)
         else:
             pytest.fail(f"{name}: no parse check for {module}")
+
+
+def test_at_the_deadline_a_command_is_terminated_then_killed_and_a_reserve_runs_past_it(tmp_path, monkeypatch):
+    """SIGTERM first (training runs stop with a checkpoint), SIGKILL KILL_GRACE later; a command with a reserve
+    (packing what the step made) runs even when the step's deadline has passed."""
+    monkeypatch.setattr(gpu_suite, "KILL_GRACE", 1.0)
+    marker = tmp_path / "got-sigterm"
+    stubborn = ("import signal, sys, time, pathlib\n"
+                f"signal.signal(signal.SIGTERM, lambda *a: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+                "while True: time.sleep(0.05)\n")
+    with open(tmp_path / "log", "w") as log:
+        result = gpu_suite.run_command(gpu_suite.Command("stubborn", [sys.executable, "-c", stubborn]), {}, log,
+                                       deadline=time.monotonic() + 1.5)
+        assert marker.read_text() == "yes" and result["exit"] == -9  # terminated, ignored it, killed
+        assert result["problem"] == "stopped at the step's time limit (--limit, --budget)"
+        assert 2.4 < result["seconds"] < 10
+        late = gpu_suite.run_command(gpu_suite.Command("pack", [sys.executable, "-c", "print('packed')"], reserve=30),
+                                     {}, log, deadline=time.monotonic() - 5)
+        assert (late["exit"], late["problem"]) == (0, None)
+    assert "packed" in (tmp_path / "log").read_text()
+
+
+def test_a_budget_starts_no_step_that_cannot_fit(tmp_path, tiny_root):
+    done = suite("runs", "loaders", "--budget", "60", "--min-step", "120", data=tiny_root, out=tmp_path / "out")
+    assert done.returncode == 1
+    assert "| runs | not started (--budget) |" in done.stdout and "| loaders | not started (--budget) |" in done.stdout
+    assert "runs and the steps after it not started: less than --min-step 120 s of --budget 60 s left" in done.stderr
+    assert not (tmp_path / "out" / "runs.json").exists()
 
 
 def test_a_failed_figure_inside_a_result_file_is_found():

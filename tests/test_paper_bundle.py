@@ -3,12 +3,14 @@ what comes back to be resumed, one-line refusals; and a run stopped by reproduce
 banked, restored into an empty folder and finished there."""
 
 import json
+import os
 import tarfile
 
 import pytest
 from conftest import one_line
 from test_reproduce import EPOCHS_TO_BRIDGE, call, config_dir, driver_args  # noqa: F401 (config_dir: a fixture)
 
+from fastcifar import rundir
 from fastcifar.bench import paper_bundle
 from fastcifar.training import checkpoint as ckpt
 
@@ -76,6 +78,40 @@ def test_banking_replaces_the_run_and_a_finished_run_is_not_restored(tmp_path):
     assert paper_bundle.unfinished(bank, 8, [0, 1]) == [1]
     assert paper_bundle.restore(bank, tmp_path / "machine2", 8, [0, 1]) == []  # seed 1 was never banked
     assert not [p for p in bank.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_a_run_too_large_to_travel_does_not_keep_the_others_from_packing(tmp_path, monkeypatch):
+    fake_run(tmp_path / "runs", seed=0)
+    big = fake_run(tmp_path / "runs", seed=1)
+    ckpt.checkpoint_path(big, 3, 0).write_bytes(os.urandom(16 * 1024))  # 16 KiB that gzip cannot shrink
+    monkeypatch.setattr(paper_bundle, "MAX_ARCHIVE_BYTES", 8 * 1024)
+    with pytest.raises(paper_bundle.BundleError) as e:
+        paper_bundle.pack(tmp_path / "runs", tmp_path / "out", 8, [1, 0])
+    assert one_line(e).startswith("paper-resnet8-seed1.tar.gz would be ")
+    assert one_line(e).endswith("(packed: paper-resnet8-seed0.tar.gz)")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["paper-resnet8-seed0.tar.gz"]
+
+
+def test_an_older_archive_does_not_move_the_bank_back(tmp_path):
+    """Banking is by progress: a finished run beats any checkpoint, a later checkpoint an earlier one."""
+    bank, results = tmp_path / "bank", tmp_path / "results"
+    bank.mkdir()
+    archives = {}
+    for label, finished, checkpoints in (("early", False, ((1, 0),)), ("later", False, ((2, 5),)),
+                                         ("done", True, ((3, 0),))):
+        fake_run(tmp_path / label, finished=finished, checkpoints=checkpoints)
+        [archives[label]] = paper_bundle.pack(tmp_path / label, tmp_path / f"out-{label}", 8, [0])
+    paper_bundle.bank(archives["later"], bank, results)
+    with pytest.raises(paper_bundle.BundleError) as e:
+        paper_bundle.bank(archives["early"], bank, results)
+    assert one_line(e) == (f"{archives['early']}: the bank's resnet8-seed0 is at epoch 2, step 5 of the next, "
+                           f"the archive's only at epoch 1, step 0 of the next: an older archive (remove "
+                           f"{bank / 'resnet8-seed0'} to bank it anyway)")
+    paper_bundle.bank(archives["later"], bank, results)  # the same again: allowed
+    paper_bundle.bank(archives["done"], bank, results)
+    with pytest.raises(paper_bundle.BundleError, match="the bank's resnet8-seed0 is finished"):
+        paper_bundle.bank(archives["later"], bank, results)
+    assert rundir.is_finished(bank / "resnet8-seed0")
 
 
 def test_refusals_are_one_line(tmp_path, monkeypatch):

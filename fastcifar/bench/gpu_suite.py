@@ -7,21 +7,28 @@ Every step writes `<step>.log` (the full output of its commands) and `<step>.jso
 status, seconds and checks) into --out as it goes, measurements as `<step>-<what>.json` (throughput.py writes
 them after every depth), and prints a short table last. The exit status is 1 when any command failed or a
 check did not hold, 2 on bad options. `--device cpu` is the dry run: every step at tiny sizes on the CPU
-(ResNet-8, a few steps), so that a typo never reaches a GPU; the test suite runs it.
+(ResNet-8, a few steps), so that a typo never reaches a GPU; the test suite dry-runs one step of each kind
+and has the scripts parse every step's GPU-size commands.
 
-Steps (issue #20: 1 validate, 2 loaders, 3 the step, 5 time to 92%, 6 paper runs); the estimates are for one H100 and come from the
+Steps (issue #20: 1 validate, 2 loaders, 3 the step and a profile, 4 packing, 5 time to 92%, 6 paper runs,
+7 airbench); the estimates are for one H100 and come from the
 H100 results in benchmarks/results/ (2026-11-23): a cold compile of ResNet-20 took 20 s at batch 1024,
 ResNet-56 34 s and ResNet-110 65 s at batch 512 (the first step minus a typical one); throughput.py compiles
 each (depth, batch) cold and again warm (taken as half of cold), times 3 x 20 steps of the model alone
 (ResNet-110 at batch 512: 13k images/s) and an epoch of warm-up plus 3 x 20 steps end to end; add 15 s of
 start-up (imports, data) per process. The CUDA tests: the 2026-11-23 run of test_dali.py took 11 s; the
-engine's compile tests compile ResNet-8 (about 15 s each, 4 of them). The tta-* estimates take the issue's
-goals plus a cold compile and start-up per seed; the paper-* steps fill their command: runs not finished by
-then stop with a checkpoint and leave, like finished ones, as one archive per run in --out, which
-`benchmarks/paper_bundle.py bank` puts into the repository and the next paper-* call resumes from.
+engine's compile tests compile ResNet-8 (about 15 s each, 4 of them). The tta-* estimates take the same
+results' end-to-end rates (STEPS says which) plus a cold compile and start-up per seed; the paper-* steps fill
+their command: runs not finished by then stop with a checkpoint and leave, like finished ones, as one
+archive per run in --out, which `benchmarks/bank.py OUT/*` puts into the repository and the next paper-*
+call, on any machine, resumes from.
 """
 
 from __future__ import annotations
+
+import time
+
+_STARTED = time.monotonic()  # --budget counts from here: start-up is part of the command's time
 
 import argparse
 import json
@@ -31,7 +38,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +70,7 @@ class Command:
     env: dict[str, str] = field(default_factory=dict)
     stop_when: Callable[[], bool] | None = None  # then SIGTERM it (the stop-and-resume run)
     out: Path | None = None  # the JSON it writes, if any
+    reserve: float = 0.0  # seconds it may run even past the step's deadline (packing what the step made)
 
 
 @dataclass
@@ -396,12 +403,15 @@ def paper_step(depth: int):
             return None if len(result["archives"]) == len(seeds) else "a run left no archive"
 
         bundle = [sys.executable, "-m", "fastcifar.bench.paper_bundle"]
+        status = runs_dir / "results" / "reproduce_status.json"
         return [Command("restore the banked runs", [*bundle, "restore", *chosen, "--bank", str(args.bank),
                                                     "--runs-dir", str(runs_dir)]),
-                Command(f"reproduce.py resnet{depth}, seeds {' '.join(map(str, seeds))}", reproduce,
-                        out=runs_dir / "results" / "reproduce_status.json"),
+                Command(f"reproduce.py resnet{depth}, seeds {' '.join(map(str, seeds))}", reproduce, out=status),
+                # runs even when reproduce.py overran the step's time: what the runs did must leave the machine
                 Command("pack each run for the bank", [*bundle, "pack", *chosen, "--runs-dir", str(runs_dir),
-                                                      "--out", str(args.out)], packed)]
+                                                      "--out", str(args.out), "--status", str(status),
+                                                      "--status-to", str(args.out / f"{args.current}-status.json")],
+                        packed, reserve=PACK_SECONDS)]
 
     return commands
 
@@ -426,14 +436,14 @@ STEPS = {s.name: s for s in [
     # 2026-11-23 end-to-end rates (R56 19k, R110 9.8k images/s at batch 512; R32 taken as R56's x 56/32), a
     # cold compile (R32 taken as 25 s) and 15 s of start-up; the issue's goals (30, 25, 60 s) would halve them
     *[Step(f"tta-r{depth}-s{seed}", f"time to 92%: configs/fast/resnet{depth}.yml, seed {seed}", minutes,
-           tta_step(depth, seed), limit=570.0) for depth, minutes in ((56, 3), (32, 1.7), (110, 5.6))
+           tta_step(depth, seed), limit=540.0) for depth, minutes in ((56, 3), (32, 1.7), (110, 5.6))
       for seed in (0, 1, 2)],
     # our R56 seed as in tta-r56-s0 (3 min), airbench94's warm-up and 5 runs (its 3.8 s each on an A100)
     Step("airbench", "side by side: airbench94 and our R56 time to 92%, one result file", 4, airbench_step,
-         limit=570.0),
+         limit=540.0),
     # paper runs fill the command: what is not finished by then is stopped with a checkpoint and banked
-    *[Step(f"paper-r{depth}", f"configs/resnet{depth}.yml, 200 epochs, the unfinished seeds, resumable", 9.5,
-           paper_step(depth), limit=570.0) for depth in (20, 32, 44, 56, 110)],
+    *[Step(f"paper-r{depth}", f"configs/resnet{depth}.yml, 200 epochs, the unfinished seeds, resumable", 9,
+           paper_step(depth), limit=540.0) for depth in (20, 32, 44, 56, 110)],
 ]}
 GROUPS = {"validate": ["tests-loaders", "tests-engine", "runs", "stop-resume"],
           "measure": ["loaders", *[n for n in STEPS if n.startswith("step-")], "profile"],
@@ -442,17 +452,26 @@ GROUPS = {"validate": ["tests-loaders", "tests-engine", "runs", "stop-resume"],
 
 
 # ---- running ----------------------------------------------------------------------------------------
+KILL_GRACE = 20.0  # seconds from the SIGTERM at a deadline to the SIGKILL: runs stop at their next step
+
+
 def run_command(cmd: Command, env: dict, log, deadline: float) -> dict:
+    """One command; at the deadline (the step's, or its own reserve past it) SIGTERM to its process group,
+    so that training runs stop with a checkpoint, then SIGKILL after KILL_GRACE."""
     argv = cmd.argv() if callable(cmd.argv) else cmd.argv
     log.write(f"\n== {cmd.what}: {shlex.join(argv)}\n")
     log.flush()
     start = time.monotonic()
+    deadline = max(deadline, start + cmd.reserve)
     proc = subprocess.Popen(argv, cwd=REPO, env={**env, **cmd.env}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     signalled = timed_out = False
     while proc.poll() is None:
-        if time.monotonic() > deadline:  # the step's time is up: stop it, keep what it wrote
+        now = time.monotonic()
+        if now > deadline and not timed_out:  # the step's time is up: stop it, keep what it wrote
             timed_out = True
+            os.killpg(proc.pid, signal.SIGTERM)
+        if timed_out and now > deadline + KILL_GRACE:
             os.killpg(proc.pid, signal.SIGKILL)
             break
         if cmd.stop_when is not None and not signalled and cmd.stop_when():
@@ -464,7 +483,7 @@ def run_command(cmd: Command, env: dict, log, deadline: float) -> dict:
     if cmd.stop_when is not None and not signalled:
         problem = "exited before the signal could be sent"
     elif timed_out:
-        problem = "killed at the step's time limit (--limit)"
+        problem = "stopped at the step's time limit (--limit, --budget)"
     else:
         problem = cmd.check(result) if cmd.check else (None if result["exit"] == 0 else f"exit {result['exit']}")
     result["problem"] = problem
@@ -482,12 +501,18 @@ def run_step(step: Step, args) -> list[dict]:
         env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run stays on the CPU even where a GPU is present
     report = {"step": step.name, "what": step.what, "expected_minutes_h100": step.minutes, "device": args.device,
               "results": []}
-    deadline = args.step_deadline = time.monotonic() + (step.limit if args.limit is None else args.limit)
+    limit = step.limit if args.limit is None else args.limit
+    deadline = args.step_deadline = min(time.monotonic() + limit, budget_end(args))
     with open(args.out / f"{step.name}.log", "a") as log:
         for cmd in step.commands(args):
             report["results"].append(run_command(cmd, env, log, deadline))
             common.write_json(args.out / f"{step.name}.json", {**report, "environment": environment_line()})
     return report["results"]
+
+
+def budget_end(args) -> float:
+    """When the whole command's --budget runs out (monotonic clock); infinity without one."""
+    return float("inf") if args.budget is None else _STARTED + args.budget
 
 
 def environment_line() -> dict:
@@ -507,8 +532,11 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, default=Path("gpu_out"), help="the output folder: logs and JSON")
     p.add_argument("--runs", type=Path, help="run directories (default: <out>/../gpu_runs, kept out of --out)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the dry run, tiny sizes")
-    p.add_argument("--limit", type=common.seconds, help="seconds a step may take, then killed (default: the "
-                   "step's own, 480 or for the accuracy steps 570)")
+    p.add_argument("--limit", type=common.seconds, help="seconds a step may take, then stopped (default: the "
+                   "step's own: 540 for the tta-*, paper-* and airbench steps, else 480)")
+    p.add_argument("--budget", type=common.seconds, help="seconds the whole command may take (a machine's limit "
+                   "per command): no step runs past it, and a step is not started with less than --min-step left")
+    p.add_argument("--min-step", type=common.seconds, default=120.0, help="with --budget: seconds a step needs to start")
     p.add_argument("--depths", nargs="+", help="throughput depths instead of the step's")
     p.add_argument("--batch-sizes", nargs="+", help="throughput batch sizes instead of the step's")
     p.add_argument("--loaders", nargs="+", help="throughput loaders instead of the step's")
@@ -523,7 +551,8 @@ def parse_args(argv):
     p.add_argument("--bank", type=Path, help="banked paper runs to resume (default: benchmarks/results/paper_runs; "
                    "in the dry run an empty folder beside --out)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", type=override,
-                   help="config overrides for the tta-* and paper-* runs, e.g. loader.name=torch-gpu")
+                   help="config overrides for the training runs of the profile, packing, tta-*, paper-* and "
+                        "airbench steps, e.g. loader.name=torch-gpu")
     args = p.parse_args(argv)
     args.names = list(dict.fromkeys(s for name in args.names for s in GROUPS.get(name, [name])))
     if not (args.data_root / "cifar10" / "train.npz").is_file():
@@ -533,6 +562,11 @@ def parse_args(argv):
     if missing:
         p.exit(2, f"gpu_suite.py: error: --dali-path: {missing[0]} is not a folder (give --dali-path with no "
                   "folder where DALI is installed normally)\n")
+    from fastcifar.environment import COMMIT_VARIABLE, is_commit
+
+    if os.environ.get(COMMIT_VARIABLE) and not is_commit(os.environ[COMMIT_VARIABLE]):
+        p.exit(2, f"gpu_suite.py: error: {COMMIT_VARIABLE}={os.environ[COMMIT_VARIABLE]!r} is not a commit id "
+                  "(7 to 40 hex digits, as git rev-parse HEAD writes it)\n")
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs = (args.runs or args.out.parent / "gpu_runs").resolve()
@@ -566,6 +600,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.names:
         step = STEPS[name]
+        if budget_end(args) - time.monotonic() < args.min_step:
+            common.log(f"gpu_suite.py: {name} and the steps after it not started: less than --min-step "
+                       f"{args.min_step:g} s of --budget {args.budget:g} s left")
+            rows += [(n, {"what": "not started (--budget)", "exit": None, "seconds": 0, "problem": "not started"})
+                     for n in args.names[args.names.index(name):]]
+            break
         common.log(f"gpu_suite.py: {name}: {step.what} (about {step.minutes} min on one H100)")
         rows += [(name, r) for r in run_step(step, args)]
     print(table(rows))

@@ -290,8 +290,8 @@ def markdown(counts: list[dict]) -> str:
 
 
 def stop_on_sigterm(signum, frame):
-    """A SIGTERM (a time limit's) reaches this process alone: the exception ends the count in progress,
-    whose runs measure() kills, and main keeps the counts measured so far."""
+    """A SIGTERM (a time limit's) ends the count in progress, whose runs measure() kills (they may have had
+    the signal too, when it went to the process group), and main keeps the counts measured so far."""
     raise Unmeasurable(f"stopped by {signal.Signals(signum).name}; the runs were killed")
 
 

@@ -87,8 +87,8 @@ def members(runs_dir: Path, depth: int, seed: int, results: Path) -> list[tuple[
 
 def pack(runs_dir: Path, out: Path, depth: int, seeds: list[int], results: Path | None = None) -> list[Path]:
     """One archive per run that has a run folder, each under MAX_ARCHIVE_BYTES; results: reproduce.py's --out
-    (default runs_dir/results)."""
-    written = []
+    (default runs_dir/results). Every run is packed before a run too large to travel is reported."""
+    written, errors = [], []
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         files = members(runs_dir, depth, seed, results or runs_dir / RESULTS)
@@ -99,13 +99,16 @@ def pack(runs_dir: Path, out: Path, depth: int, seeds: list[int], results: Path 
             for path, arcname in files:
                 tar.add(path, arcname=arcname)
         if buffer.tell() > MAX_ARCHIVE_BYTES:
-            raise BundleError(f"{archive_name(depth, seed)} would be {buffer.tell() / 2**20:.1f} "
-                             f"MiB, over the {MAX_ARCHIVE_BYTES / 2**20:.0f} MiB an output file may have")
+            errors.append(f"{archive_name(depth, seed)} would be {buffer.tell() / 2**20:.1f} MiB, over the "
+                          f"{MAX_ARCHIVE_BYTES / 2**20:.0f} MiB an output file may have")
+            continue
         path = out / archive_name(depth, seed)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(buffer.getvalue())
         tmp.replace(path)
         written.append(path)
+    if errors:
+        raise BundleError("; ".join(errors) + (f" (packed: {', '.join(p.name for p in written)})" if written else ""))
     return written
 
 
@@ -124,9 +127,43 @@ def archive_run(archive: Path) -> str:
     return runs.pop()
 
 
+def progress(finished: bool, checkpoint: str | None) -> tuple:
+    """How far a run got, comparable: finished beats any checkpoint, a later checkpoint an earlier one."""
+    return (1,) if finished else (0, *(ckpt.position(checkpoint) or (-1, -1))) if checkpoint else (-1,)
+
+
+def describe(rank: tuple) -> str:
+    return "finished" if rank == (1,) else f"at epoch {rank[1]}, step {rank[2]} of the next" if len(rank) == 3 \
+        else "without a checkpoint"
+
+
+def archive_progress(archive: Path, name: str) -> tuple:
+    with tarfile.open(archive, "r:gz") as tar:
+        names = tar.getnames()
+        member = f"{name}/summary.json"
+        summary = json.loads(tar.extractfile(member).read()) if member in names else {}
+    checkpoints = sorted((ckpt.position(n), n) for n in names if ckpt.position(n))
+    return progress(bool(summary.get("finished")), checkpoints[-1][1] if checkpoints else None)
+
+
+def bank_progress(run: Path) -> tuple:
+    latest = ckpt.latest_checkpoint(run)
+    return progress(rundir.is_finished(run), latest.name if latest else None)
+
+
+def check_not_backwards(archive: Path, bank_dir: Path) -> str:
+    """The run an archive holds, refused when the bank already holds that run further on (an older archive)."""
+    name = archive_run(archive)
+    banked, coming = bank_progress(bank_dir / name), archive_progress(archive, name)
+    if (bank_dir / name).is_dir() and banked > coming:
+        raise BundleError(f"{archive}: the bank's {name} is {describe(banked)}, the archive's only "
+                          f"{describe(coming)}: an older archive (remove {bank_dir / name} to bank it anyway)")
+    return name
+
+
 def bank(archive: Path, bank_dir: Path, results_dir: Path) -> str:
     """Unpack one archive into the bank and the results folder; returns a line saying what it holds."""
-    name = archive_run(archive)
+    name = check_not_backwards(archive, bank_dir)
     target, staging = bank_dir / name, bank_dir / f".{name}.incoming"
     shutil.rmtree(staging, ignore_errors=True)
     with tarfile.open(archive, "r:gz") as tar:
@@ -159,6 +196,8 @@ def build_parser():
         if name == "pack":
             s.add_argument("--out", type=Path, required=True, help="folder for the archives")
             s.add_argument("--results", type=Path, help="reproduce.py's --out (default: RUNS_DIR/results)")
+            s.add_argument("--status", type=Path, help="reproduce.py's status file, copied to --status-to")
+            s.add_argument("--status-to", type=Path, help="where the status file goes (the output folder)")
     return p
 
 
@@ -173,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in restore(args.bank, args.runs_dir, args.depth, args.seeds) or ["nothing to restore"]:
                 print(line)
         else:
+            if args.status and args.status_to and args.status.is_file():  # first: the runs' fate, whatever follows
+                shutil.copyfile(args.status, args.status_to)
             for path in pack(args.runs_dir, args.out, args.depth, args.seeds, args.results):
                 print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB")
     except BundleError as e:

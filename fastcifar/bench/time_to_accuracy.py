@@ -91,7 +91,7 @@ def recipe_record(config: Path, cfg, runs: list[dict]) -> dict:
     return recipe_of_runs({
         "config": Path(os.path.relpath(config.resolve(), common.REPO)).as_posix(), "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size, "lr": cfg.optim.lr, "schedule": cfg.schedule.name,
-        "loader": cfg.loader.name}, runs)
+        "loader": cfg.loader.name, "recipe_digest": config_lib.recipe_digest(cfg)}, runs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from fastcifar.bench import common
 
-RECIPE_KEYS = ("config", "epochs", "batch_size", "lr", "schedule", "loader")  # what makes runs one recipe's
+# what makes runs one recipe's: recipe_digest, the hash of every recipe key, tells a tuned file from the old
+RECIPE_KEYS = ("config", "epochs", "batch_size", "lr", "schedule", "loader", "recipe_digest")
 
 
 def stat(values: list[float]) -> dict:
@@ -20,7 +21,7 @@ def recipe_of_runs(recipe: dict, runs: list[dict]) -> dict:
     """A recipe's record (RECIPE_KEYS from `recipe`) with its runs and the statistics over them."""
     crossings = [r["first_crossing"] for r in runs if r["first_crossing"]]
     return {
-        **{k: recipe[k] for k in RECIPE_KEYS}, "seeds": len(runs), "runs": runs,
+        **{k: recipe.get(k) for k in RECIPE_KEYS}, "seeds": len(runs), "runs": runs,
         **{k: stat([r[k] for r in runs if r[k] is not None]) for k in
            ("final_top1", "wall_seconds", "wall_seconds_without_compile", "compile_seconds")},
         "first_crossing_seconds": {**stat([c["wall_seconds"] for c in crossings]), "count": len(crossings)},
@@ -68,7 +69,7 @@ def combine(results: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
             for d in data["depths"]:
                 for r in d["recipes"]:
                     entry = recipes.setdefault(d["depth"], {}).setdefault(
-                        tuple(r[k] for k in RECIPE_KEYS), {"recipe": r, "runs": {}})
+                        tuple(r.get(k) for k in RECIPE_KEYS), {"recipe": r, "runs": {}})
                     entry["runs"].update({run["seed"]: run for run in r["runs"]})
         path, newest = group[-1]
         target = newest["settings"]["target"]
