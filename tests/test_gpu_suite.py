@@ -99,10 +99,13 @@ def test_one_step_of_each_kind_dry_runs_on_the_cpu(tmp_path, tiny_root):
     assert measured == sorted(["airbench-result.json", "loaders-dali-warp-affine.json", "loaders-loaders.json",
                                "step-r20-graphs-graph.json", "step-r20-graphs-reduce-overhead.json",
                                "step-r20-plain-foreach.json", "step-r20-plain-plain.json", "packing-result.json",
+                               "paper-r20-status.json",
                                "profile-r110-b1024.json", "profile-r20-b128.json", "tta-r56-s0-result.json"])
     assert all(json.loads((out / m).read_text()).get("complete", True) for m in measured)
     assert (out / "profile-r20-b128.trace.json.gz").is_file()
     assert sorted(p.name for p in out.glob("*.tar.gz")) == [f"paper-resnet20-seed{s}.tar.gz" for s in (0, 1, 2)]
+    status = json.loads((out / "paper-r20-status.json").read_text())  # reproduce.py's, returned beside the archives
+    assert status["kind"] == "paper_status" and [r["state"] for r in status["runs"]] == ["finished"] * 3
     *_, packed = json.loads((out / "paper-r20.json").read_text())["results"]
     assert packed["archives"] == [f"paper-resnet20-seed{s}.tar.gz" for s in (0, 1, 2)]
 
