@@ -76,6 +76,7 @@ def test_device_cuda_without_cuda_is_refused_in_one_line(tmp_path, capsys):
     assert err == "airbench_side_by_side.py: error: --device cuda: no CUDA device here (--device cpu is the dry run)\n"
 
 
+@pytest.mark.slow
 def test_the_dry_run_writes_our_figures_and_airbench_not_run_into_one_file(tmp_path):
     root = write_npz(tmp_path / "data", "cifar10", 64, 40)
     out = tmp_path / "side.json"
