@@ -53,6 +53,7 @@ WAYS = {
     "plain": [],  # compiled (default mode), no graph
     "foreach": ["--optim.implementation=foreach"],  # as plain, foreach SGD instead of fused
 }
+EAGER = {"eager": ["--train.compile=false"]}  # ResNet-1202 uncompiled: a figure whatever its compile costs
 CUDA_TEST_FILES = {
     "tests-loaders": ["tests/test_loaders.py", "tests/test_dali.py", "tests/test_dali_runs.py"],
     "tests-engine": ["tests/test_engine.py", "tests/test_training.py"],
@@ -281,9 +282,9 @@ def loaders_step(args) -> list[Command]:
             throughput(args, "dali-warp-affine", ["20"], ["1024"], ["dali"], "--loader.dali_crop=warp_affine")]
 
 
-def step_step(depth: int, ways: list[str]):
+def step_step(depth: int, ways: list[str], batch_sizes: tuple[str, ...] = ("1024", "128")):
     def commands(args) -> list[Command]:
-        return [throughput(args, way, [str(depth)], ["1024", "128"], ["torch-gpu"], *way_overrides(args, way))
+        return [throughput(args, way, [str(depth)], list(batch_sizes), ["torch-gpu"], *way_overrides(args, way))
                 for way in (args.ways or ways)]
 
     return commands
@@ -291,7 +292,8 @@ def step_step(depth: int, ways: list[str]):
 
 def way_overrides(args, way: str) -> list[str]:
     """On the CPU (the dry run) a graph cannot be captured: cuda_graph=auto runs the same command quietly."""
-    return [o.replace("cuda_graph=true", "cuda_graph=auto") if args.device == "cpu" else o for o in WAYS[way]]
+    return [o.replace("cuda_graph=true", "cuda_graph=auto") if args.device == "cpu" else o
+            for o in {**WAYS, **EAGER}[way]]
 
 
 # ---- where the time goes ---------------------------------------------------------------------------------
@@ -427,6 +429,11 @@ STEPS = {s.name: s for s in [
       for depth, minutes in ((20, 3), (56, 5)) for part, ways in (("graphs", ["graph", "reduce-overhead"]),
                                                                   ("plain", ["plain", "foreach"]))],
     *[Step(f"step-r110-{way}", f"R110 at batch 1024 and 128: {way}", 4.5, step_step(110, [way])) for way in WAYS],
+    # R1202 (the issue's 4k images/s at batch 1024, once): uncompiled, about 200 steps of about 0.2 s; then
+    # compiled, whose compile is not measured yet (R110's took 65 s; R1202 has 11 times its blocks)
+    Step("step-r1202-eager", "R1202 at batch 1024, not compiled", 2, step_step(1202, ["eager"], ("1024",))),
+    Step("step-r1202-plain", "R1202 at batch 1024, compiled: the compile may fill the command", 9,
+         step_step(1202, ["plain"], ("1024",)), limit=540.0),
     # two processes: start-up, a cold compile (R20 20 s, R110 65 s), an epoch of synthetic data end to end
     Step("profile", "where the time goes: R20 batch 128 (with a trace) and R110 batch 1024, torch.profiler", 2.5,
          profile_step),
