@@ -118,7 +118,8 @@ def args_for(tmp_path, root, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_dry_run_measures_concurrent_runs(tmp_path):
-    argv = args_for(tmp_path, data_root(tmp_path), "--counts", "1", "2")
+    # the runs end by --steps: --seconds far beyond them, for a slow or busy machine
+    argv = args_for(tmp_path, data_root(tmp_path), "--counts", "1", "2", "--seconds", "3600")
     done = subprocess.run([sys.executable, "-m", "fastcifar.bench.packing", *argv], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
