@@ -4,6 +4,7 @@ environment and run from a folder that is not the clone."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,10 @@ def venv(wheel, tmp_path_factory) -> Path:
     site-packages (installing them again would download gigabytes)."""
     env = tmp_path_factory.mktemp("venv") / "env"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env)], check=True)
+    # without PYTHONPATH: a clone on it would count as installed already, and pip would skip the wheel
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([env / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, capture_output=True, text=True)
+                   check=True, capture_output=True, text=True, env=clean)
     return env
 
 
